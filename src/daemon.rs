@@ -1,0 +1,87 @@
+//! Mounting and the daemon's life: mount, hand control back to the caller
+//! once the mount is live, serve until the mount goes away, and unmount
+//! cleanly on SIGTERM, SIGINT or SIGHUP.
+
+use std::io;
+use std::thread;
+
+use fuser::MountOption;
+use log::info;
+
+use crate::fs::{DEFAULT_TIMEOUT, FsConfig, Strata};
+use crate::options::Config;
+use crate::sys;
+
+/// Entries the dentry cache keeps at most.
+const DCACHE_ENTRIES: usize = 256 * 1024;
+
+/// Worker threads reading /dev/fuse (each with its own cloned fd).
+fn worker_threads(config: &Config) -> usize {
+    if config.threaded == Some(false) {
+        return 1;
+    }
+    thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+}
+
+fn fuser_config(config: &Config) -> fuser::Config {
+    let mut fc = fuser::Config::default();
+    fc.mount_options = config.fuse_mount_options();
+    fc.mount_options.push(MountOption::FSName("strata".into()));
+    fc.mount_options.push(MountOption::Subtype("strata".into()));
+    // The write path (copy-up, whiteouts) is not implemented yet: even with
+    // an upper layer the mount is read-only, so the kernel answers EROFS.
+    fc.mount_options.retain(|o| *o != MountOption::RW);
+    if !fc.mount_options.contains(&MountOption::RO) {
+        fc.mount_options.push(MountOption::RO);
+    }
+    fc.acl = config.session_acl();
+    fc.n_threads = Some(worker_threads(config));
+    fc.clone_fd = true;
+    fc
+}
+
+/// Mounts the filesystem described by `config` and serves it. Without
+/// `foreground`, returns in the caller's process as soon as the mount is live
+/// (exit status 0) while a detached child serves it.
+pub fn mount_and_serve(config: &Config) -> io::Result<()> {
+    if let Err(e) = sys::raise_nofile_limit() {
+        info!("could not raise the open-file limit: {e}");
+    }
+    let fs = Strata::new(&FsConfig {
+        lowerdirs: config.lowerdirs.clone(),
+        upperdir: config.upperdir.clone(),
+        timeout: config.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        dcache_entries: DCACHE_ENTRIES,
+    })?;
+    // Before any thread exists, so every thread inherits the mask and only
+    // the signal thread below receives these signals.
+    sys::block_termination_signals()?;
+    let mut session = fuser::Session::new(fs, &config.mountpoint, &fuser_config(config)).map_err(
+        |e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot mount on '{}': {e}", config.mountpoint.display()),
+            )
+        },
+    )?;
+    // The kernel's INIT has been answered: the mount is live.
+    if !config.foreground {
+        match sys::fork()? {
+            sys::Forked::Parent => sys::exit_immediately(0),
+            sys::Forked::Child => sys::detach_from_caller()?,
+        }
+    }
+    let mut unmounter = session.unmount_callable();
+    thread::Builder::new()
+        .name("strata-signals".into())
+        .spawn(move || {
+            let sig = sys::wait_for_termination();
+            info!("signal {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                log::warn!("unmount on signal {sig} failed: {e}");
+            }
+        })?;
+    session.run()?;
+    info!("unmounted; exiting");
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! The node table: one [`Node`] per inode the kernel knows about, with the
+//! FUSE lookup count that `forget` pays back, and the inode numbering scheme.
+//!
+//! Inode numbers are derived from the real inode of the object in the layer
+//! that supplies it, so they are stable across remounts, equal for hard links
+//! of one lower file, and equal to the `d_ino` that readdir reports (which
+//! comes from the same layer). The FUSE node id *is* the inode number: that
+//! is what `stat` shows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use fuser::{FileAttr, FileType, INodeNo};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::layer::{RelPath, Stat, system_time};
+
+/// Index of a layer in the stack: the upper (when there is one) is 0, then the
+/// lowers from top to bottom.
+pub type LayerId = usize;
+
+/// Where a node's content lives in one layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub layer: LayerId,
+    /// The path inside that layer (differs from the merged path only for
+    /// renamed directories followed through a redirect).
+    pub path: RelPath,
+}
+
+/// The part of a node that namespace operations may change.
+#[derive(Clone, Debug)]
+pub struct NodeState {
+    /// Path in the merged tree.
+    pub path: RelPath,
+    /// Top first. A non-directory has exactly one; a directory has every layer
+    /// that is merged into it, down to the first opaque one.
+    pub origins: Vec<Origin>,
+    /// `lstat` of `origins[0]`.
+    pub stat: Stat,
+}
+
+impl NodeState {
+    pub fn top(&self) -> &Origin {
+        &self.origins[0]
+    }
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    pub kind: FileType,
+    /// The directory this node was found in (for a directory's `..`).
+    parent: AtomicU64,
+    lookups: AtomicU64,
+    state: RwLock<NodeState>,
+}
+
+impl Node {
+    pub fn new(ino: u64, parent: u64, state: NodeState) -> Node {
+        Node {
+            ino,
+            kind: state.stat.kind(),
+            parent: AtomicU64::new(parent),
+            lookups: AtomicU64::new(0),
+            state: RwLock::new(state),
+        }
+    }
+
+    pub fn parent(&self) -> u64 {
+        self.parent.load(Ordering::Relaxed)
+    }
+
+    pub fn state(&self) -> RwLockReadGuard<'_, NodeState> {
+        self.state.read()
+    }
+
+    /// The attributes the kernel sees.
+    pub fn attr(&self) -> FileAttr {
+        let state = self.state.read();
+        let st = &state.stat;
+        // Like kernel overlayfs: a merged directory cannot know its link
+        // count cheaply, so it reports 1 ("unknown", which find(1) accepts).
+        let nlink = if self.kind == FileType::Directory && state.origins.len() > 1 {
+            1
+        } else {
+            st.nlink.min(u32::MAX as u64) as u32
+        };
+        FileAttr {
+            ino: INodeNo(self.ino),
+            size: st.size,
+            blocks: st.blocks,
+            atime: system_time(st.atime),
+            mtime: system_time(st.mtime),
+            ctime: system_time(st.ctime),
+            crtime: SystemTime::UNIX_EPOCH,
+            kind: self.kind,
+            perm: st.perm(),
+            nlink,
+            uid: st.uid,
+            gid: st.gid,
+            rdev: st.rdev as u32,
+            blksize: st.blksize,
+            flags: 0,
+        }
+    }
+}
+
+/// Nodes the kernel holds references to, keyed by inode number. Sharded, so
+/// concurrent requests on different inodes never contend on one lock.
+#[derive(Debug, Default)]
+pub struct InodeTable {
+    nodes: DashMap<u64, Arc<Node>>,
+}
+
+impl InodeTable {
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.nodes.get(&ino).map(|n| n.clone())
+    }
+
+    /// Inserts a node the kernel may reference without a lookup (the root).
+    pub fn pin(&self, node: Arc<Node>) {
+        node.lookups.store(1, Ordering::Relaxed);
+        self.nodes.insert(node.ino, node);
+    }
+
+    /// Counts one kernel lookup of `candidate`'s inode. When the table already
+    /// holds a node for that inode (a hard link reached by another name, or a
+    /// racing lookup), that node wins and is returned.
+    pub fn remember(&self, candidate: Arc<Node>) -> Arc<Node> {
+        // The increment happens under the shard lock, so it cannot race
+        // with `forget` removing the entry.
+        let entry = self.nodes.entry(candidate.ino).or_insert(candidate);
+        entry.lookups.fetch_add(1, Ordering::Relaxed);
+        entry.clone()
+    }
+
+    /// Pays back `count` lookups; drops the node when none are left.
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.nodes.remove_if(&ino, |_, node| {
+            let before = node.lookups.load(Ordering::Relaxed);
+            let after = before.saturating_sub(count);
+            node.lookups.store(after, Ordering::Relaxed);
+            after == 0
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+/// Turns (device, real inode) into the inode number strata shows.
+///
+/// With every layer on one filesystem the real inode number is already unique
+/// and is used as is (like kernel overlayfs). With several filesystems, the
+/// top bits carry the index of the filesystem (like overlayfs' `xino`); an
+/// inode too large for the remaining bits gets a hashed number with the top
+/// bit set.
+#[derive(Debug)]
+pub struct InoMap {
+    devs: RwLock<Vec<u64>>,
+    /// Serialises registration of devices met after the mount started.
+    grow: Mutex<()>,
+}
+
+/// FUSE reserves node id 1 for the root.
+pub const ROOT_INO: u64 = 1;
+
+impl InoMap {
+    /// `layer_devs` in layer order, so that numbering is stable across mounts.
+    pub fn new(layer_devs: impl IntoIterator<Item = u64>) -> InoMap {
+        let mut devs: Vec<u64> = Vec::new();
+        for d in layer_devs {
+            if !devs.contains(&d) {
+                devs.push(d);
+            }
+        }
+        InoMap {
+            devs: RwLock::new(devs),
+            grow: Mutex::new(()),
+        }
+    }
+
+    fn dev_index(&self, dev: u64) -> (usize, usize) {
+        {
+            let devs = self.devs.read();
+            if let Some(i) = devs.iter().position(|&d| d == dev) {
+                return (i, devs.len());
+            }
+        }
+        let _g = self.grow.lock();
+        let mut devs = self.devs.write();
+        if let Some(i) = devs.iter().position(|&d| d == dev) {
+            return (i, devs.len());
+        }
+        devs.push(dev);
+        (devs.len() - 1, devs.len())
+    }
+
+    /// The inode number for the object with real inode `real` on device `dev`.
+    pub fn ino(&self, dev: u64, real: u64) -> u64 {
+        let (index, count) = self.dev_index(dev);
+        let ino = if count == 1 {
+            real
+        } else {
+            // Leave the top bit for hashed numbers.
+            let bits = usize::BITS - (count - 1).leading_zeros();
+            let shift = 63 - bits;
+            if real >> shift == 0 {
+                real | ((index as u64) << shift)
+            } else {
+                hashed_ino(dev, real)
+            }
+        };
+        if ino == ROOT_INO || ino == 0 {
+            hashed_ino(dev, real)
+        } else {
+            ino
+        }
+    }
+}
+
+fn hashed_ino(dev: u64, ino: u64) -> u64 {
+    // FNV-1a over both numbers: stable across runs, unlike std's RandomState.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dev.to_le_bytes().into_iter().chain(ino.to_le_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h | (1 << 63)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(dev: u64, ino: u64) -> Stat {
+        Stat {
+            dev,
+            ino,
+            mode: libc::S_IFREG | 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            atime: (0, 0),
+            mtime: (0, 0),
+            ctime: (0, 0),
+        }
+    }
+
+    #[test]
+    fn one_filesystem_keeps_real_numbers() {
+        let map = InoMap::new([7, 7, 7]);
+        assert_eq!(map.ino(7, 1234), 1234);
+        assert_ne!(map.ino(7, 1), ROOT_INO);
+    }
+
+    #[test]
+    fn several_filesystems_get_distinct_numbers() {
+        let map = InoMap::new([7, 8]);
+        let a = map.ino(7, 1234);
+        let b = map.ino(8, 1234);
+        assert_ne!(a, b);
+        assert_eq!(a, map.ino(7, 1234), "stable");
+        let huge = map.ino(8, u64::MAX >> 1);
+        assert_ne!(huge, map.ino(7, u64::MAX >> 1));
+    }
+
+    #[test]
+    fn lookups_and_forgets_balance() {
+        let table = InodeTable::default();
+        let st = stat(1, 42);
+        let state = NodeState {
+            path: RelPath::root(),
+            origins: vec![Origin {
+                layer: 0,
+                path: RelPath::root(),
+            }],
+            stat: st,
+        };
+        let a = Arc::new(Node::new(42, 1, state.clone()));
+        let b = Arc::new(Node::new(42, 1, state));
+        let first = table.remember(a.clone());
+        let second = table.remember(b);
+        assert!(Arc::ptr_eq(&first, &a) && Arc::ptr_eq(&second, &a), "one node per inode");
+        table.forget(42, 1);
+        assert!(table.get(42).is_some());
+        table.forget(42, 1);
+        assert!(table.get(42).is_none());
+    }
+}

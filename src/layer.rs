@@ -1,0 +1,601 @@
+//! One layer of the stack, and the on-disk formats of whiteouts and opaque
+//! directories.
+//!
+//! A layer answers questions about paths *relative to its own root*: "what is
+//! `name` in `dir`?", "list `dir`", "open `path`". Lookup and readdir only talk
+//! to the [`Layer`] trait, so a directory backs a layer today ([`DirLayer`])
+//! and an indexed tar archive can back one later without them noticing.
+//!
+//! Formats understood by every layer:
+//! - whiteout: a character device 0/0 (kernel overlayfs), or a `.wh.NAME`
+//!   file (OCI/AUFS);
+//! - opaque directory: xattr `trusted.overlay.opaque`, `user.overlay.opaque`
+//!   or `user.fuseoverlayfs.opaque` set to `y`, or a `.wh..wh..opq` entry.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::FileType;
+
+use crate::sys;
+
+/// Prefix of OCI/AUFS whiteout names; such names are never visible.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// The OCI/AUFS marker that makes its directory opaque.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// Xattrs whose value `y` marks a directory opaque, in every namespace we read.
+pub const OPAQUE_XATTRS: [&CStr; 3] = [
+    c"trusted.overlay.opaque",
+    c"user.overlay.opaque",
+    c"user.fuseoverlayfs.opaque",
+];
+
+/// True for names that belong to the whiteout format and are never shown.
+pub fn is_whiteout_name(name: &[u8]) -> bool {
+    name.starts_with(WHITEOUT_PREFIX)
+}
+
+/// The `.wh.NAME` whiteout for `name`.
+pub fn whiteout_name_for(name: &[u8]) -> CString {
+    let mut v = Vec::with_capacity(name.len() + WHITEOUT_PREFIX.len());
+    v.extend_from_slice(WHITEOUT_PREFIX);
+    v.extend_from_slice(name);
+    CString::new(v).expect("names never contain NUL")
+}
+
+/// A path relative to a layer's root: `.` for the root itself, else
+/// `a/b/c` with no leading or trailing slash. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RelPath(Arc<CStr>);
+
+impl RelPath {
+    pub fn root() -> RelPath {
+        RelPath(Arc::from(c"."))
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.to_bytes() == b"."
+    }
+
+    /// The path of `name` inside this directory.
+    pub fn join(&self, name: &OsStr) -> RelPath {
+        let name = name.as_bytes();
+        let mut v = Vec::new();
+        if !self.is_root() {
+            v.extend_from_slice(self.0.to_bytes());
+            v.push(b'/');
+        }
+        v.extend_from_slice(name);
+        RelPath(Arc::from(
+            CString::new(v).expect("names never contain NUL").as_c_str(),
+        ))
+    }
+
+    pub fn as_cstr(&self) -> &CStr {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.to_bytes()
+    }
+
+    /// The parent directory and the last component; `None` for the root.
+    pub fn split_last(&self) -> Option<(RelPath, &OsStr)> {
+        if self.is_root() {
+            return None;
+        }
+        let bytes = self.as_bytes();
+        Some(match bytes.iter().rposition(|&b| b == b'/') {
+            Some(i) => (
+                RelPath(Arc::from(
+                    CString::new(&bytes[..i]).expect("no NUL").as_c_str(),
+                )),
+                OsStr::from_bytes(&bytes[i + 1..]),
+            ),
+            None => (RelPath::root(), OsStr::from_bytes(bytes)),
+        })
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", OsStr::from_bytes(self.as_bytes()))
+    }
+}
+
+/// The attributes of one object in one layer (what `lstat` returned there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+}
+
+impl From<libc::stat> for Stat {
+    fn from(st: libc::stat) -> Stat {
+        Stat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            nlink: st.st_nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            blksize: st.st_blksize as u32,
+            atime: (st.st_atime, st.st_atime_nsec as u32),
+            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+            ctime: (st.st_ctime, st.st_ctime_nsec as u32),
+        }
+    }
+}
+
+impl Stat {
+    pub fn kind(&self) -> FileType {
+        file_type_of_mode(self.mode)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// A kernel-format whiteout: a character device with device number 0/0.
+    pub fn is_whiteout(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFCHR && self.rdev == 0
+    }
+
+    pub fn perm(&self) -> u16 {
+        (self.mode & 0o7777) as u16
+    }
+}
+
+pub fn file_type_of_mode(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// Seconds and nanoseconds since the epoch as a `SystemTime`.
+pub fn system_time((sec, nsec): (i64, u32)) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+/// What one layer holds under one name.
+#[derive(Debug, Clone, Copy)]
+pub enum Probe {
+    /// Nothing here: keep looking in the layers below.
+    Absent,
+    /// Deleted here: the name does not exist in this layer or below.
+    Whiteout,
+    /// An object. `hides_lower` is set when the same layer also holds a
+    /// `.wh.NAME` whiteout (OCI: "deleted below, recreated here"), which makes
+    /// a directory opaque.
+    Found { stat: Stat, hides_lower: bool },
+}
+
+/// One visible entry of a directory in one layer.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileType,
+}
+
+/// A directory as one layer sees it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<RawEntry>,
+    /// Names deleted in this layer; they hide the layers below only.
+    pub whiteouts: Vec<OsString>,
+    /// The listing contained the OCI opaque marker.
+    pub opaque_marker: bool,
+}
+
+/// A layer of the stack. All paths are relative to the layer's root, and no
+/// implementation may resolve them outside it.
+pub trait Layer: Send + Sync + fmt::Debug {
+    /// Where the layer comes from, for messages and tools.
+    fn source(&self) -> &Path;
+    /// `st_dev` of the layer's root.
+    fn root_dev(&self) -> u64;
+    /// What the layer holds under `name` in directory `dir`.
+    fn probe(&self, dir: &RelPath, name: &OsStr) -> io::Result<Probe>;
+    /// Whether directory `dir` of this layer is opaque (hides layers below).
+    fn is_opaque_dir(&self, dir: &RelPath) -> io::Result<bool>;
+    /// The entries and whiteouts of directory `dir`.
+    fn list(&self, dir: &RelPath) -> io::Result<Listing>;
+    /// `lstat` of `path`.
+    fn stat(&self, path: &RelPath) -> io::Result<Stat>;
+    /// The target of symlink `path`.
+    fn readlink(&self, path: &RelPath) -> io::Result<Vec<u8>>;
+    /// Opens `path` (never following a symlink) with `flags`.
+    fn open(&self, path: &RelPath, flags: i32) -> io::Result<OwnedFd>;
+    /// One extended attribute of `path`.
+    fn get_xattr(&self, path: &RelPath, name: &CStr) -> io::Result<Vec<u8>>;
+    /// The NUL-separated extended attribute names of `path`.
+    fn list_xattr(&self, path: &RelPath) -> io::Result<Vec<u8>>;
+    /// Filesystem statistics of the layer's filesystem.
+    fn statfs(&self) -> io::Result<libc::statvfs>;
+}
+
+/// A layer backed by a directory, held open as an fd from before the mount.
+#[derive(Debug)]
+pub struct DirLayer {
+    source: PathBuf,
+    root: OwnedFd,
+    root_dev: u64,
+}
+
+impl DirLayer {
+    /// Opens `path` as a layer. The path is resolved by the kernel exactly as
+    /// given (symlinks and `..` included); afterwards only the fd is used.
+    pub fn open(path: &Path) -> io::Result<DirLayer> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let root = sys::open_dir_path(&c)?;
+        let root_dev = sys::fstat(root.as_fd())?.st_dev;
+        Ok(DirLayer {
+            source: path.to_path_buf(),
+            root,
+            root_dev,
+        })
+    }
+
+    /// An O_PATH fd for `path` (the symlink itself for a symlink).
+    fn open_path(&self, path: &RelPath) -> io::Result<OwnedFd> {
+        sys::openat2(
+            self.root.as_fd(),
+            path.as_cstr(),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_IN_LAYER,
+        )
+    }
+
+    fn open_dir(&self, dir: &RelPath, flags: i32) -> io::Result<OwnedFd> {
+        sys::openat2(
+            self.root.as_fd(),
+            dir.as_cstr(),
+            flags | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_IN_LAYER,
+        )
+    }
+}
+
+/// `lstat` of `name` in an open directory; `None` when it does not exist.
+fn stat_in(dir: &OwnedFd, name: &CStr) -> io::Result<Option<Stat>> {
+    match sys::fstatat(dir.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st.into())),
+        Err(e) if is_absent(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Errors that mean "not in this layer" rather than "this layer is broken".
+pub fn is_absent(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+fn cstring(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+impl Layer for DirLayer {
+    fn source(&self) -> &Path {
+        &self.source
+    }
+
+    fn root_dev(&self) -> u64 {
+        self.root_dev
+    }
+
+    fn probe(&self, dir: &RelPath, name: &OsStr) -> io::Result<Probe> {
+        let dirfd = match self.open_dir(dir, libc::O_PATH) {
+            Ok(fd) => fd,
+            // ELOOP: a symlink stands where the directory would be, so this
+            // layer has no such directory.
+            Err(e) if is_absent(&e) || e.raw_os_error() == Some(libc::ELOOP) => {
+                return Ok(Probe::Absent);
+            }
+            Err(e) => return Err(e),
+        };
+        let found = stat_in(&dirfd, &cstring(name)?)?;
+        if let Some(stat) = found
+            && stat.is_whiteout()
+        {
+            return Ok(Probe::Whiteout);
+        }
+        let oci_whiteout = stat_in(&dirfd, &whiteout_name_for(name.as_bytes()))?.is_some();
+        Ok(match found {
+            Some(stat) => Probe::Found {
+                stat,
+                hides_lower: oci_whiteout,
+            },
+            None if oci_whiteout => Probe::Whiteout,
+            None => Probe::Absent,
+        })
+    }
+
+    fn is_opaque_dir(&self, dir: &RelPath) -> io::Result<bool> {
+        let fd = self.open_dir(dir, libc::O_PATH)?;
+        if stat_in(&fd, &cstring(OsStr::from_bytes(OPAQUE_MARKER))?)?.is_some() {
+            return Ok(true);
+        }
+        let names = match sys::flistxattr(fd.as_fd()) {
+            Ok(names) => names,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        for xattr in OPAQUE_XATTRS {
+            if names.split(|&b| b == 0).any(|n| n == xattr.to_bytes()) {
+                match sys::fgetxattr(fd.as_fd(), xattr) {
+                    Ok(v) if v == b"y" => return Ok(true),
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn list(&self, dir: &RelPath) -> io::Result<Listing> {
+        let fd = self.open_dir(dir, libc::O_RDONLY)?;
+        let mut listing = Listing::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let filled = sys::getdents64(fd.as_fd(), &mut buf)?;
+            if filled == 0 {
+                break;
+            }
+            for raw in Dirents::new(&buf[..filled]) {
+                self.classify(&fd, raw, &mut listing)?;
+            }
+        }
+        Ok(listing)
+    }
+
+    fn stat(&self, path: &RelPath) -> io::Result<Stat> {
+        Ok(sys::fstat(self.open_path(path)?.as_fd())?.into())
+    }
+
+    fn readlink(&self, path: &RelPath) -> io::Result<Vec<u8>> {
+        sys::readlinkat(self.open_path(path)?.as_fd(), c"")
+    }
+
+    fn open(&self, path: &RelPath, flags: i32) -> io::Result<OwnedFd> {
+        sys::openat2(
+            self.root.as_fd(),
+            path.as_cstr(),
+            flags | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_IN_LAYER,
+        )
+    }
+
+    fn get_xattr(&self, path: &RelPath, name: &CStr) -> io::Result<Vec<u8>> {
+        sys::fgetxattr(self.open_path(path)?.as_fd(), name)
+    }
+
+    fn list_xattr(&self, path: &RelPath) -> io::Result<Vec<u8>> {
+        sys::flistxattr(self.open_path(path)?.as_fd())
+    }
+
+    fn statfs(&self) -> io::Result<libc::statvfs> {
+        sys::fstatvfs(self.root.as_fd())
+    }
+}
+
+impl DirLayer {
+    /// Sorts one raw directory entry into entries, whiteouts or the opaque marker.
+    fn classify(&self, dir: &OwnedFd, raw: RawDirent<'_>, out: &mut Listing) -> io::Result<()> {
+        let name = raw.name;
+        if name == b"." || name == b".." {
+            return Ok(());
+        }
+        if name == OPAQUE_MARKER {
+            out.opaque_marker = true;
+            return Ok(());
+        }
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            // `.wh..wh.*` names other than the opaque marker are AUFS
+            // bookkeeping, not whiteouts; hide them either way.
+            if !target.starts_with(WHITEOUT_PREFIX) {
+                out.whiteouts.push(OsString::from_vec(target.to_vec()));
+            }
+            return Ok(());
+        }
+        let kind = match raw.d_type {
+            libc::DT_DIR => FileType::Directory,
+            libc::DT_REG => FileType::RegularFile,
+            libc::DT_LNK => FileType::Symlink,
+            libc::DT_FIFO => FileType::NamedPipe,
+            libc::DT_SOCK => FileType::Socket,
+            libc::DT_BLK => FileType::BlockDevice,
+            // Character devices may be whiteouts, and DT_UNKNOWN tells us
+            // nothing: both need a stat.
+            _ => match stat_in(dir, &cstring(OsStr::from_bytes(name))?)? {
+                Some(st) if st.is_whiteout() => {
+                    out.whiteouts.push(OsString::from_vec(name.to_vec()));
+                    return Ok(());
+                }
+                Some(st) => st.kind(),
+                None => return Ok(()), // removed while we listed
+            },
+        };
+        out.entries.push(RawEntry {
+            name: OsString::from_vec(name.to_vec()),
+            ino: raw.ino,
+            kind,
+        });
+        Ok(())
+    }
+}
+
+/// One record of a `getdents64` buffer.
+struct RawDirent<'a> {
+    ino: u64,
+    d_type: u8,
+    name: &'a [u8],
+}
+
+/// Iterates the `linux_dirent64` records of a `getdents64` buffer.
+struct Dirents<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Dirents<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Dirents { buf }
+    }
+}
+
+impl<'a> Iterator for Dirents<'a> {
+    type Item = RawDirent<'a>;
+
+    fn next(&mut self) -> Option<RawDirent<'a>> {
+        // struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        const NAME_OFFSET: usize = 19;
+        if self.buf.len() < NAME_OFFSET {
+            return None;
+        }
+        let ino = u64::from_ne_bytes(self.buf[0..8].try_into().ok()?);
+        let reclen = u16::from_ne_bytes(self.buf[16..18].try_into().ok()?) as usize;
+        if reclen < NAME_OFFSET || reclen > self.buf.len() {
+            return None;
+        }
+        let d_type = self.buf[18];
+        let name_field = &self.buf[NAME_OFFSET..reclen];
+        let name_len = name_field
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_field.len());
+        let name = &name_field[..name_len];
+        self.buf = &self.buf[reclen..];
+        Some(RawDirent { ino, d_type, name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relpath_join_and_split() {
+        let root = RelPath::root();
+        let a = root.join(OsStr::new("a"));
+        assert_eq!(a.as_bytes(), b"a");
+        let ab = a.join(OsStr::new("b c"));
+        assert_eq!(ab.as_bytes(), b"a/b c");
+        let (parent, name) = ab.split_last().unwrap();
+        assert_eq!(parent, a);
+        assert_eq!(name, "b c");
+        let (parent, name) = a.split_last().unwrap();
+        assert!(parent.is_root());
+        assert_eq!(name, "a");
+        assert!(root.split_last().is_none());
+    }
+
+    #[test]
+    fn whiteout_names() {
+        assert!(is_whiteout_name(b".wh.foo"));
+        assert!(is_whiteout_name(OPAQUE_MARKER));
+        assert!(!is_whiteout_name(b".whfoo"));
+        assert!(!is_whiteout_name(b"foo.wh."));
+        assert_eq!(whiteout_name_for(b"x").as_bytes(), b".wh.x");
+    }
+
+    fn layer_in(dir: &Path) -> DirLayer {
+        DirLayer::open(dir).unwrap()
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("strata-layer-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn oci_whiteouts_and_opaque_marker() {
+        let d = scratch("oci");
+        std::fs::create_dir(d.join("dir")).unwrap();
+        std::fs::write(d.join("dir/.wh..wh..opq"), b"").unwrap();
+        std::fs::write(d.join(".wh.gone"), b"").unwrap();
+        std::fs::write(d.join(".wh.again"), b"").unwrap();
+        std::fs::write(d.join("again"), b"new").unwrap();
+        std::fs::write(d.join("plain"), b"x").unwrap();
+        let layer = layer_in(&d);
+        let root = RelPath::root();
+        assert!(matches!(layer.probe(&root, OsStr::new("gone")).unwrap(), Probe::Whiteout));
+        assert!(matches!(layer.probe(&root, OsStr::new("missing")).unwrap(), Probe::Absent));
+        assert!(matches!(
+            layer.probe(&root, OsStr::new("again")).unwrap(),
+            Probe::Found { hides_lower: true, .. }
+        ));
+        assert!(matches!(
+            layer.probe(&root, OsStr::new("plain")).unwrap(),
+            Probe::Found { hides_lower: false, .. }
+        ));
+        assert!(layer.is_opaque_dir(&root.join(OsStr::new("dir"))).unwrap());
+        assert!(!layer.is_opaque_dir(&root).unwrap());
+        let listing = layer.list(&root).unwrap();
+        let mut names: Vec<_> = listing.entries.iter().map(|e| e.name.clone()).collect();
+        names.sort();
+        assert_eq!(names, ["again", "dir", "plain"]);
+        let mut wh = listing.whiteouts.clone();
+        wh.sort();
+        assert_eq!(wh, ["again", "gone"]);
+        let inner = layer.list(&root.join(OsStr::new("dir"))).unwrap();
+        assert!(inner.opaque_marker && inner.entries.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let d = scratch("symlink");
+        std::fs::create_dir(d.join("layer")).unwrap();
+        std::os::unix::fs::symlink("/etc", d.join("layer/escape")).unwrap();
+        std::os::unix::fs::symlink("../..", d.join("layer/up")).unwrap();
+        let layer = layer_in(&d.join("layer"));
+        let root = RelPath::root();
+        let esc = root.join(OsStr::new("escape"));
+        assert_eq!(layer.stat(&esc).unwrap().kind(), FileType::Symlink);
+        assert_eq!(layer.readlink(&esc).unwrap(), b"/etc");
+        // Walking through the symlink as if it were a directory must fail.
+        let through = esc.join(OsStr::new("passwd"));
+        assert!(layer.stat(&through).is_err());
+        assert!(layer.open(&through, libc::O_RDONLY).is_err());
+        assert!(matches!(layer.probe(&esc, OsStr::new("passwd")).unwrap(), Probe::Absent));
+        assert!(layer.open(&root.join(OsStr::new("up")), libc::O_RDONLY).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

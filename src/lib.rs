@@ -1,0 +1,29 @@
+//! strata: a userspace union filesystem for container image layers.
+//!
+//! The modules follow the split of the kernel's fs/overlayfs:
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`options`] | argv and mount options → a validated configuration |
+//! | [`layer`] | one layer: its directory fd, relative syscalls, whiteout/opaque formats |
+//! | [`lookup`] | the layer stack and top-down name resolution |
+//! | [`inode`] | the node table, lookup counts, inode numbers |
+//! | [`dcache`] | the sharded, bounded dentry cache (positive and negative) |
+//! | [`readdir`] | merged directory listings |
+//! | [`file`] | open file and directory handles |
+//! | [`xattr`] | visible vs internal extended attributes |
+//! | [`fs`] | the `fuser::Filesystem` dispatcher |
+//! | [`daemon`] | mounting, detaching from the caller, clean shutdown |
+//! | [`sys`] | the only `unsafe`: thin syscall wrappers |
+
+pub mod daemon;
+pub mod dcache;
+pub mod file;
+pub mod fs;
+pub mod inode;
+pub mod layer;
+pub mod lookup;
+pub mod options;
+pub mod readdir;
+pub mod sys;
+pub mod xattr;

@@ -1,0 +1,39 @@
+//! `strata`: parse the command line, mount, serve.
+
+use std::process::ExitCode;
+
+use strata::options::{self, Command};
+use strata::{daemon, sys};
+
+fn main() -> ExitCode {
+    let args = std::env::args_os().skip(1);
+    let config = match options::parse_args(args, sys::geteuid() == 0) {
+        Ok(Command::Version) => {
+            println!("strata {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Help) => {
+            print!("{}", options::usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Mount(config)) => config,
+        Err(e) => return fail(&e),
+    };
+    let level = if config.debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    for warning in &config.warnings {
+        eprintln!("strata: warning: {warning}");
+    }
+    if let Err(e) = options::validate(&config) {
+        return fail(&e);
+    }
+    match daemon::mount_and_serve(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("strata: {e}");
+    ExitCode::FAILURE
+}

@@ -56,14 +56,13 @@ pub fn mount_and_serve(config: &Config) -> io::Result<()> {
     // Before any thread exists, so every thread inherits the mask and only
     // the signal thread below receives these signals.
     sys::block_termination_signals()?;
-    let mut session = fuser::Session::new(fs, &config.mountpoint, &fuser_config(config)).map_err(
-        |e| {
+    let mut session =
+        fuser::Session::new(fs, &config.mountpoint, &fuser_config(config)).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot mount on '{}': {e}", config.mountpoint.display()),
             )
-        },
-    )?;
+        })?;
     // The kernel's INIT has been answered: the mount is live.
     if !config.foreground {
         match sys::fork()? {

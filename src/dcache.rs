@@ -100,7 +100,10 @@ mod tests {
         }
         assert!(cache.len() <= 64 * 16, "LRU bound holds: {}", cache.len());
         cache.insert(1, OsStr::new("name"), Dentry::Negative);
-        assert!(matches!(cache.get(1, OsStr::new("name")), Some(Dentry::Negative)));
+        assert!(matches!(
+            cache.get(1, OsStr::new("name")),
+            Some(Dentry::Negative)
+        ));
         assert!(cache.get(2, OsStr::new("name")).is_none());
         cache.invalidate(1, OsStr::new("name"));
         assert!(cache.get(1, OsStr::new("name")).is_none());

@@ -180,7 +180,11 @@ impl fuser::Filesystem for Strata {
         info!(
             "strata serving {} layer(s){}",
             self.stack.len(),
-            if self.stack.has_upper() { " with an upper layer" } else { "" }
+            if self.stack.has_upper() {
+                " with an upper layer"
+            } else {
+                ""
+            }
         );
         Ok(())
     }

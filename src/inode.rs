@@ -293,7 +293,10 @@ mod tests {
         let b = Arc::new(Node::new(42, 1, state));
         let first = table.remember(a.clone());
         let second = table.remember(b);
-        assert!(Arc::ptr_eq(&first, &a) && Arc::ptr_eq(&second, &a), "one node per inode");
+        assert!(
+            Arc::ptr_eq(&first, &a) && Arc::ptr_eq(&second, &a),
+            "one node per inode"
+        );
         table.forget(42, 1);
         assert!(table.get(42).is_some());
         table.forget(42, 1);

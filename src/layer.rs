@@ -538,7 +538,8 @@ mod tests {
     }
 
     fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("strata-layer-test-{}-{tag}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("strata-layer-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -555,15 +556,27 @@ mod tests {
         std::fs::write(d.join("plain"), b"x").unwrap();
         let layer = layer_in(&d);
         let root = RelPath::root();
-        assert!(matches!(layer.probe(&root, OsStr::new("gone")).unwrap(), Probe::Whiteout));
-        assert!(matches!(layer.probe(&root, OsStr::new("missing")).unwrap(), Probe::Absent));
+        assert!(matches!(
+            layer.probe(&root, OsStr::new("gone")).unwrap(),
+            Probe::Whiteout
+        ));
+        assert!(matches!(
+            layer.probe(&root, OsStr::new("missing")).unwrap(),
+            Probe::Absent
+        ));
         assert!(matches!(
             layer.probe(&root, OsStr::new("again")).unwrap(),
-            Probe::Found { hides_lower: true, .. }
+            Probe::Found {
+                hides_lower: true,
+                ..
+            }
         ));
         assert!(matches!(
             layer.probe(&root, OsStr::new("plain")).unwrap(),
-            Probe::Found { hides_lower: false, .. }
+            Probe::Found {
+                hides_lower: false,
+                ..
+            }
         ));
         assert!(layer.is_opaque_dir(&root.join(OsStr::new("dir"))).unwrap());
         assert!(!layer.is_opaque_dir(&root).unwrap());
@@ -594,8 +607,15 @@ mod tests {
         let through = esc.join(OsStr::new("passwd"));
         assert!(layer.stat(&through).is_err());
         assert!(layer.open(&through, libc::O_RDONLY).is_err());
-        assert!(matches!(layer.probe(&esc, OsStr::new("passwd")).unwrap(), Probe::Absent));
-        assert!(layer.open(&root.join(OsStr::new("up")), libc::O_RDONLY).is_err());
+        assert!(matches!(
+            layer.probe(&esc, OsStr::new("passwd")).unwrap(),
+            Probe::Absent
+        ));
+        assert!(
+            layer
+                .open(&root.join(OsStr::new("up")), libc::O_RDONLY)
+                .is_err()
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -112,3 +112,124 @@ impl LayerStack {
         Ok(found)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inode::InoMap;
+    use crate::layer::DirLayer;
+    use crate::readdir::merged_listing;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    /// Layers `top`, `mid`, `bottom` under a fresh scratch directory.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let d = std::env::temp_dir()
+                .join(format!("strata-lookup-test-{}-{tag}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            for l in ["top", "mid", "bottom"] {
+                fs::create_dir_all(d.join(l)).unwrap();
+            }
+            Scratch(d)
+        }
+        fn file(&self, layer: &str, path: &str) {
+            let p = self.0.join(layer).join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, layer).unwrap();
+        }
+        fn dir(&self, layer: &str, path: &str) {
+            fs::create_dir_all(self.0.join(layer).join(path)).unwrap();
+        }
+        fn stack(&self) -> LayerStack {
+            let open =
+                |l: &str| -> Arc<dyn Layer> { Arc::new(DirLayer::open(&self.0.join(l)).unwrap()) };
+            LayerStack::new(None, vec![open("top"), open("mid"), open("bottom")])
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn resolve(stack: &LayerStack, path: &str) -> Option<NodeState> {
+        let mut state = stack.root_state().unwrap();
+        for part in Path::new(path).iter() {
+            state = stack.lookup(&state, part).unwrap()?;
+        }
+        Some(state)
+    }
+
+    fn layers_of(state: &NodeState) -> Vec<LayerId> {
+        state.origins.iter().map(|o| o.layer).collect()
+    }
+
+    fn names(stack: &LayerStack, path: &str) -> Vec<String> {
+        let state = resolve(stack, path).unwrap();
+        let inos = InoMap::new(stack.iter().map(|l| l.root_dev()));
+        let mut v: Vec<String> = merged_listing(stack, &inos, &state)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name.into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn first_layer_decides_the_type() {
+        let s = Scratch::new("types");
+        s.file("top", "x"); // file over a directory
+        s.file("bottom", "x/inner");
+        s.dir("top", "y"); // directory over a file
+        s.file("bottom", "y");
+        let stack = s.stack();
+        let x = resolve(&stack, "x").unwrap();
+        assert!(!x.stat.is_dir());
+        assert!(resolve(&stack, "x/inner").is_none());
+        let y = resolve(&stack, "y").unwrap();
+        assert!(y.stat.is_dir());
+        assert_eq!(layers_of(&y), vec![0], "the lower file is ignored");
+    }
+
+    #[test]
+    fn directories_merge_until_an_opaque_one() {
+        let s = Scratch::new("merge");
+        s.file("top", "d/a");
+        s.file("mid", "d/b");
+        s.file("bottom", "d/c");
+        s.file("top", "o/a");
+        s.file("mid", "o/.wh..wh..opq");
+        s.file("mid", "o/b");
+        s.file("bottom", "o/c");
+        let stack = s.stack();
+        assert_eq!(layers_of(&resolve(&stack, "d").unwrap()), vec![0, 1, 2]);
+        assert_eq!(names(&stack, "d"), ["a", "b", "c"]);
+        assert_eq!(layers_of(&resolve(&stack, "o").unwrap()), vec![0, 1]);
+        assert_eq!(names(&stack, "o"), ["a", "b"]);
+        assert!(resolve(&stack, "o/c").is_none());
+    }
+
+    #[test]
+    fn oci_whiteouts_hide_lower_layers_only() {
+        let s = Scratch::new("whiteouts");
+        s.file("bottom", "d/gone");
+        s.file("bottom", "d/kept");
+        s.file("mid", "d/.wh.gone");
+        s.file("bottom", "again/old");
+        s.file("mid", ".wh.again");
+        s.file("mid", "again/new");
+        let stack = s.stack();
+        assert!(resolve(&stack, "d/gone").is_none());
+        assert_eq!(names(&stack, "d"), ["kept"]);
+        // Deleted below and recreated in the same layer: only the new content.
+        assert_eq!(layers_of(&resolve(&stack, "again").unwrap()), vec![1]);
+        assert_eq!(names(&stack, "again"), ["new"]);
+        assert!(resolve(&stack, "again/old").is_none());
+        assert_eq!(names(&stack, ""), ["again", "d"]);
+    }
+}

@@ -250,11 +250,13 @@ pub fn exit_immediately(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Detaches the daemon: new session, stdin/stdout/stderr on /dev/null, so a
-/// caller that reads our stderr until EOF is not kept waiting.
+/// Detaches the daemon: new session, working directory `/` (so it pins no
+/// directory the caller may want to unmount), stdin/stdout/stderr on
+/// /dev/null (so a caller that reads our stderr until EOF is not kept waiting).
 pub fn detach_from_caller() -> io::Result<()> {
     // SAFETY: setsid has no preconditions; failure (already a leader) is harmless.
     unsafe { libc::setsid() };
+    std::env::set_current_dir("/")?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -52,6 +52,8 @@ pub fn mount_and_serve(config: &Config) -> io::Result<()> {
         upperdir: config.upperdir.clone(),
         timeout: config.timeout.unwrap_or(DEFAULT_TIMEOUT),
         dcache_entries: DCACHE_ENTRIES,
+        static_nlink: config.static_nlink,
+        noxattrs: config.noxattrs,
     })?;
     // Before any thread exists, so every thread inherits the mask and only
     // the signal thread below receives these signals.

@@ -33,6 +33,10 @@ pub struct FsConfig {
     pub timeout: Duration,
     /// Bound of the dentry cache, in entries.
     pub dcache_entries: usize,
+    /// Report `st_nlink` 1 for every directory (fuse-overlayfs `static_nlink`).
+    pub static_nlink: bool,
+    /// Refuse every xattr request with ENOTSUP (fuse-overlayfs `noxattrs=1`).
+    pub noxattrs: bool,
 }
 
 /// Default cache lifetime: layers only change through us, so the kernel's
@@ -50,6 +54,8 @@ pub struct Strata {
     files: HandleTable<OpenFile>,
     dirs: HandleTable<OpenDir>,
     ttl: Duration,
+    static_nlink: bool,
+    noxattrs: bool,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -86,7 +92,17 @@ impl Strata {
             files: HandleTable::default(),
             dirs: HandleTable::default(),
             ttl: config.timeout,
+            static_nlink: config.static_nlink,
+            noxattrs: config.noxattrs,
         })
+    }
+
+    fn attr(&self, node: &Node) -> FileAttr {
+        let mut attr = node.attr();
+        if self.static_nlink && node.kind == FileType::Directory {
+            attr.nlink = 1;
+        }
+        attr
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
@@ -193,7 +209,7 @@ impl fuser::Filesystem for Strata {
         match self.lookup_node(parent, name) {
             Ok(Some(node)) => {
                 let node = self.nodes.remember(node);
-                reply.entry(&self.ttl, &node.attr(), Generation(0));
+                reply.entry(&self.ttl, &self.attr(&node), Generation(0));
             }
             Ok(None) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
             Err(e) => reply.error(e),
@@ -208,7 +224,7 @@ impl fuser::Filesystem for Strata {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.node(ino) {
-            Ok(node) => reply.attr(&self.ttl, &node.attr()),
+            Ok(node) => reply.attr(&self.ttl, &self.attr(&node)),
             Err(e) => reply.error(e),
         }
     }
@@ -372,6 +388,9 @@ impl fuser::Filesystem for Strata {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.noxattrs {
+            return reply.error(Errno::ENOTSUP);
+        }
         if xattr::is_internal(name.as_bytes()) {
             return reply.error(Errno::from_i32(xattr::INTERNAL_READ_ERRNO));
         }
@@ -393,6 +412,9 @@ impl fuser::Filesystem for Strata {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.noxattrs {
+            return reply.error(Errno::ENOTSUP);
+        }
         let result = self.node(ino).and_then(|node| {
             let state = node.state();
             let top = state.top();

@@ -29,5 +29,9 @@ mkdir "$work/merged"
 "$bin" -o "lowerdir=$l/app:$l/update:$l/base" "$work/merged"
 echo "strata: lowerdir=app:update:base ($form form) mounted on $work/merged"
 cd "$work/merged"
-find . -mindepth 1 \( -type l -printf '%M %5u %5g %7s  %p -> %l\n' \) -o -printf '%M %5u %5g %7s  %p\n' \
-  | sort -k5 | cut -c1-160
+# The fixture's 3,900-byte deep path is folded into one line.
+find . -mindepth 1 -path './deep/*' -prune -o \
+  \( -type l -printf '%M %5u %5g %7s  %p -> %l\n' \) -o -printf '%M %5u %5g %7s  %p\n' \
+  | sort -k5
+echo "(./deep is a chain of $(find deep -type d | wc -l) directories; its file's path is $(find deep -type f | head -1 | wc -c) bytes long)"
+echo "$(find . | wc -l) entries in all; .wh. names visible: $(find . -name '.wh.*' | wc -l)"

@@ -18,7 +18,7 @@ use log::{debug, info};
 use crate::dcache::{Dentry, DentryCache};
 use crate::file::{HandleTable, OpenDir, OpenFile};
 use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
-use crate::layer::{DirLayer, Layer, is_whiteout_name};
+use crate::layer::{DirLayer, Layer, NAME_MAX, is_whiteout_name};
 use crate::lookup::LayerStack;
 use crate::readdir::merged_listing;
 use crate::xattr;
@@ -42,8 +42,6 @@ pub struct FsConfig {
 /// Default cache lifetime: layers only change through us, so the kernel's
 /// caches can live as long as it likes (fuse-overlayfs uses 1,000,000 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86_400);
-
-pub const MAX_NAME_LEN: usize = 255;
 
 #[derive(Debug)]
 pub struct Strata {
@@ -112,7 +110,7 @@ impl Strata {
     /// Resolves `name` in `parent`: from the dentry cache when possible, else
     /// top-down through the layers (and then cached, hit or miss).
     fn lookup_node(&self, parent: INodeNo, name: &OsStr) -> Result<Option<Arc<Node>>, Errno> {
-        if name.len() > MAX_NAME_LEN {
+        if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
         if is_whiteout_name(name.as_bytes()) {

@@ -25,6 +25,9 @@ use fuser::FileType;
 
 use crate::sys;
 
+/// Longest name a layer's filesystem accepts.
+pub const NAME_MAX: usize = 255;
+
 /// Prefix of OCI/AUFS whiteout names; such names are never visible.
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// The OCI/AUFS marker that makes its directory opaque.
@@ -333,7 +336,9 @@ impl Layer for DirLayer {
         {
             return Ok(Probe::Whiteout);
         }
-        let oci_whiteout = stat_in(&dirfd, &whiteout_name_for(name.as_bytes()))?.is_some();
+        // A `.wh.` name longer than NAME_MAX cannot exist: don't ask.
+        let oci_whiteout = name.len() + WHITEOUT_PREFIX.len() <= NAME_MAX
+            && stat_in(&dirfd, &whiteout_name_for(name.as_bytes()))?.is_some();
         Ok(match found {
             Some(stat) => Probe::Found {
                 stat,

@@ -28,12 +28,6 @@ fn fuser_config(config: &Config) -> fuser::Config {
     fc.mount_options = config.fuse_mount_options();
     fc.mount_options.push(MountOption::FSName("strata".into()));
     fc.mount_options.push(MountOption::Subtype("strata".into()));
-    // The write path (copy-up, whiteouts) is not implemented yet: even with
-    // an upper layer the mount is read-only, so the kernel answers EROFS.
-    fc.mount_options.retain(|o| *o != MountOption::RW);
-    if !fc.mount_options.contains(&MountOption::RO) {
-        fc.mount_options.push(MountOption::RO);
-    }
     fc.acl = config.session_acl();
     fc.n_threads = Some(worker_threads(config));
     fc.clone_fd = true;
@@ -50,11 +44,14 @@ pub fn mount_and_serve(config: &Config) -> io::Result<()> {
     let fs = Strata::new(&FsConfig {
         lowerdirs: config.lowerdirs.clone(),
         upperdir: config.upperdir.clone(),
+        workdir: config.workdir.clone(),
         timeout: config.timeout.unwrap_or(DEFAULT_TIMEOUT),
         dcache_entries: DCACHE_ENTRIES,
         static_nlink: config.static_nlink,
         noxattrs: config.noxattrs,
     })?;
+    // Modes asked for by the kernel are already masked by the caller's umask.
+    sys::clear_umask();
     // Before any thread exists, so every thread inherits the mask and only
     // the signal thread below receives these signals.
     sys::block_termination_signals()?;

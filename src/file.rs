@@ -4,31 +4,49 @@
 //! open needs afterwards: the layer fd of a file, or the snapshot listing of a
 //! directory.
 
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use fuser::{Errno, FileType, INodeNo, TimeOrNow};
+use parking_lot::RwLock;
 
+use crate::copy_up::UPPER;
+use crate::fs::{Strata, errno};
+use crate::inode::Node;
+use crate::layer::Layer;
 use crate::readdir::MergedEntry;
 use crate::sys;
 
 #[derive(Debug)]
 pub struct OpenFile {
-    fd: OwnedFd,
+    fd: RwLock<Arc<OwnedFd>>,
+    /// Whether `fd` is the upper copy; a read-only open of a lower file is
+    /// switched to the upper copy once another open copies it up.
+    on_upper: AtomicBool,
 }
 
 impl OpenFile {
-    pub fn new(fd: OwnedFd) -> OpenFile {
-        OpenFile { fd }
+    pub fn new(fd: OwnedFd, on_upper: bool) -> OpenFile {
+        OpenFile {
+            fd: RwLock::new(Arc::new(fd)),
+            on_upper: AtomicBool::new(on_upper),
+        }
+    }
+
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.read().clone()
     }
 
     /// Reads up to `size` bytes at `offset`, short only at end of file.
     pub fn read(&self, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
+        let fd = self.fd();
         let mut buf = vec![0u8; size];
         let mut filled = 0;
         while filled < size {
-            let n = sys::pread(self.fd.as_fd(), &mut buf[filled..], offset + filled as u64)?;
+            let n = sys::pread(fd.as_fd(), &mut buf[filled..], offset + filled as u64)?;
             if n == 0 {
                 break;
             }
@@ -36,6 +54,153 @@ impl OpenFile {
         }
         buf.truncate(filled);
         Ok(buf)
+    }
+}
+
+/// Open flags passed on to the layer file; creation flags were handled.
+const PASSED_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DIRECT
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_NOATIME;
+
+fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+fn time_of(t: Option<TimeOrNow>) -> Option<Option<(i64, u32)>> {
+    t.map(|t| match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(st) => Some(match st.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                (sec, nsec)
+            }
+        }),
+    })
+}
+
+/// The changes a `setattr` asks for.
+#[derive(Debug, Default)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+impl Strata {
+    /// Opens a file: the top layer's copy for reading, the upper copy (after
+    /// copy-up) for writing or truncating.
+    pub(crate) fn open_file(&self, node: &Node, flags: i32) -> Result<OpenFile, Errno> {
+        if node.kind == FileType::Directory && wants_write(flags) {
+            return Err(Errno::EISDIR);
+        }
+        if wants_write(flags) {
+            self.copy_up(node).map_err(errno)?;
+        }
+        let state = node.state().clone();
+        let top = state.top();
+        let fd = self
+            .stack
+            .get(top.layer)
+            .open(&top.path, (flags & PASSED_FLAGS) | (flags & libc::O_TRUNC))
+            .map_err(errno)?;
+        if flags & libc::O_TRUNC != 0 {
+            self.refresh(node);
+        }
+        Ok(OpenFile::new(
+            fd,
+            top.layer == UPPER && self.upper.is_some(),
+        ))
+    }
+
+    /// The fd to read through: switched to the upper copy if the file was
+    /// copied up after this open.
+    pub(crate) fn read_fd(&self, ino: INodeNo, file: &OpenFile) -> io::Result<Arc<OwnedFd>> {
+        if self.upper.is_some()
+            && !file.on_upper.load(Ordering::Acquire)
+            && let Ok(node) = self.node(ino)
+        {
+            let state = node.state().clone();
+            if state.top().layer == UPPER {
+                let fd = self
+                    .stack
+                    .get(UPPER)
+                    .open(&state.top().path, libc::O_RDONLY)?;
+                *file.fd.write() = Arc::new(fd);
+                file.on_upper.store(true, Ordering::Release);
+            }
+        }
+        Ok(file.fd())
+    }
+
+    /// Writes through an open file and refreshes the node's attributes.
+    pub(crate) fn write_file(
+        &self,
+        ino: INodeNo,
+        file: &OpenFile,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno> {
+        let fd = file.fd();
+        sys::pwrite_all(fd.as_fd(), data, offset).map_err(errno)?;
+        self.refresh_from_fd(ino, fd.as_fd());
+        Ok(())
+    }
+
+    pub(crate) fn refresh_from_fd(&self, ino: INodeNo, fd: std::os::fd::BorrowedFd<'_>) {
+        if let (Ok(node), Ok(st)) = (self.node(ino), sys::fstat(fd)) {
+            node.update(|s| s.stat = st.into());
+        }
+    }
+
+    /// chmod, chown, truncate and utimens, after copying the node up.
+    pub(crate) fn set_attr(&self, node: &Node, change: AttrChange) -> Result<(), Errno> {
+        self.copy_up(node).map_err(errno)?;
+        let path = node.state().top().path.clone();
+        let upper = self.upper_or_erofs().map_err(errno)?;
+        let fd = upper.layer.open_path(&path).map_err(errno)?;
+        if let Some(size) = change.size {
+            if node.kind == FileType::Directory {
+                return Err(Errno::EISDIR);
+            }
+            let writable = match change.fh.and_then(|fh| self.files.get(fh)) {
+                Some(file) if file.on_upper.load(Ordering::Acquire) => file.fd(),
+                _ => Arc::new(Layer::open(&*upper.layer, &path, libc::O_WRONLY).map_err(errno)?),
+            };
+            sys::ftruncate(writable.as_fd(), size).map_err(errno)?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            sys::fchownat(
+                fd.as_fd(),
+                c"",
+                change.uid.unwrap_or(u32::MAX),
+                change.gid.unwrap_or(u32::MAX),
+                libc::AT_EMPTY_PATH,
+            )
+            .map_err(errno)?;
+        }
+        if let Some(mode) = change.mode {
+            sys::fchmod_any(fd.as_fd(), mode & 0o7777).map_err(errno)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            sys::futimens_any(fd.as_fd(), time_of(change.atime), time_of(change.mtime))
+                .map_err(errno)?;
+        }
+        self.refresh(node);
+        Ok(())
     }
 }
 

@@ -3,24 +3,29 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, info};
 
+use crate::copy_up::{UPPER, Upper};
 use crate::dcache::{Dentry, DentryCache};
-use crate::file::{HandleTable, OpenDir, OpenFile};
-use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
+use crate::dir::{Creator, NewObject};
+use crate::file::{AttrChange, HandleTable, OpenDir, OpenFile};
+use crate::inode::{InoMap, InodeTable, Node, NodeState, Origin, ROOT_INO};
 use crate::layer::{DirLayer, Layer, NAME_MAX, is_whiteout_name};
 use crate::lookup::LayerStack;
 use crate::readdir::merged_listing;
+use crate::sys;
 use crate::xattr;
 
 /// What the filesystem needs to know, already validated.
@@ -29,6 +34,8 @@ pub struct FsConfig {
     /// Top first.
     pub lowerdirs: Vec<PathBuf>,
     pub upperdir: Option<PathBuf>,
+    /// Given exactly when `upperdir` is.
+    pub workdir: Option<PathBuf>,
     /// How long the kernel may cache entries and attributes.
     pub timeout: Duration,
     /// Bound of the dentry cache, in entries.
@@ -45,18 +52,19 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug)]
 pub struct Strata {
-    stack: LayerStack,
-    inos: InoMap,
-    nodes: InodeTable,
-    dcache: DentryCache,
-    files: HandleTable<OpenFile>,
-    dirs: HandleTable<OpenDir>,
-    ttl: Duration,
+    pub(crate) stack: LayerStack,
+    pub(crate) upper: Option<Upper>,
+    pub(crate) inos: InoMap,
+    pub(crate) nodes: InodeTable,
+    pub(crate) dcache: DentryCache,
+    pub(crate) files: HandleTable<OpenFile>,
+    pub(crate) dirs: HandleTable<OpenDir>,
+    pub(crate) ttl: Duration,
     static_nlink: bool,
     noxattrs: bool,
 }
 
-fn errno(e: io::Error) -> Errno {
+pub(crate) fn errno(e: io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
@@ -68,22 +76,29 @@ impl Strata {
     /// Opens every layer directory. After this returns, the paths are never
     /// used again: the caller may unmount or remove them.
     pub fn new(config: &FsConfig) -> io::Result<Strata> {
-        let open = |p: &PathBuf| -> io::Result<Arc<dyn Layer>> {
+        let open = |p: &PathBuf| -> io::Result<Arc<DirLayer>> {
             Ok(Arc::new(DirLayer::open(p).map_err(|e| layer_error(p, e))?))
         };
-        let upper = config.upperdir.as_ref().map(open).transpose()?;
+        let upper = match (&config.upperdir, &config.workdir) {
+            (Some(u), Some(w)) => Some(Upper::open(open(u)?, w).map_err(|e| layer_error(w, e))?),
+            _ => None,
+        };
         let lowers = config
             .lowerdirs
             .iter()
-            .map(open)
+            .map(|p| Ok(open(p)? as Arc<dyn Layer>))
             .collect::<io::Result<Vec<_>>>()?;
-        let stack = LayerStack::new(upper, lowers);
+        let stack = LayerStack::new(
+            upper.as_ref().map(|u| u.layer.clone() as Arc<dyn Layer>),
+            lowers,
+        );
         let inos = InoMap::new(stack.iter().map(|l| l.root_dev()));
         let nodes = InodeTable::default();
         let root = stack.root_state()?;
         nodes.pin(Arc::new(Node::new(ROOT_INO, ROOT_INO, root)));
         Ok(Strata {
             stack,
+            upper,
             inos,
             nodes,
             dcache: DentryCache::new(config.dcache_entries),
@@ -103,13 +118,42 @@ impl Strata {
         attr
     }
 
-    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
+    pub(crate) fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
         self.nodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    /// The upper layer, or EROFS for a mount without one.
+    pub(crate) fn upper_or_erofs(&self) -> io::Result<&Upper> {
+        self.upper
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EROFS))
+    }
+
+    /// A directory's state with the upper directory at its path as the top
+    /// origin. A directory node made before an ancestor was copied up does
+    /// not list the upper yet; the upper copy of a directory is never opaque
+    /// unless strata made it so, and then it made a fresh node.
+    pub(crate) fn dir_state(&self, dir: &Node) -> NodeState {
+        let mut state = dir.state().clone();
+        if self.upper.is_some() && state.top().layer != UPPER {
+            state.origins.insert(
+                0,
+                Origin {
+                    layer: UPPER,
+                    path: state.path.clone(),
+                },
+            );
+        }
+        state
     }
 
     /// Resolves `name` in `parent`: from the dentry cache when possible, else
     /// top-down through the layers (and then cached, hit or miss).
-    fn lookup_node(&self, parent: INodeNo, name: &OsStr) -> Result<Option<Arc<Node>>, Errno> {
+    pub(crate) fn lookup_node(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+    ) -> Result<Option<Arc<Node>>, Errno> {
         if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
@@ -125,7 +169,7 @@ impl Strata {
         if dir.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let dir_state = dir.state().clone();
+        let dir_state = self.dir_state(&dir);
         let found = self.stack.lookup(&dir_state, name).map_err(errno)?;
         let node = found.map(|state| {
             let top = &state.stat;
@@ -144,7 +188,7 @@ impl Strata {
     }
 
     fn open_dir(&self, node: &Node) -> io::Result<OpenDir> {
-        let state = node.state().clone();
+        let state = self.dir_state(node);
         let entries = merged_listing(&self.stack, &self.inos, &state)?;
         Ok(OpenDir {
             ino: node.ino,
@@ -240,22 +284,13 @@ impl fuser::Filesystem for Strata {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            // The write path (copy-up) is not there yet: the mount is read-only.
-            return reply.error(Errno::EROFS);
-        }
-        let result = self.node(ino).and_then(|node| {
-            let state = node.state();
-            let top = state.top();
-            self.stack
-                .get(top.layer)
-                .open(&top.path, libc::O_RDONLY)
-                .map_err(errno)
-        });
-        match result {
-            Ok(fd) => {
-                let fh = self.files.insert(OpenFile::new(fd));
-                // Layers change only through us, so cached pages stay valid.
+        match self
+            .node(ino)
+            .and_then(|node| self.open_file(&node, flags.0))
+        {
+            Ok(file) => {
+                let fh = self.files.insert(file);
+                // Every change goes through this mount, so cached pages stay valid.
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(e),
@@ -276,6 +311,9 @@ impl fuser::Filesystem for Strata {
         let Some(file) = self.files.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if let Err(e) = self.read_fd(_ino, &file) {
+            return reply.error(errno(e));
+        }
         match file.read(offset, size as usize) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
@@ -421,6 +459,343 @@ impl fuser::Filesystem for Strata {
         });
         match result {
             Ok(raw) => Self::reply_xattr(reply, &xattr::visible_names(&raw), size),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh: fh.map(|f| f.0),
+        };
+        let result = self
+            .node(ino)
+            .and_then(|node| self.set_attr(&node, change).map(|()| node));
+        match result {
+            Ok(node) => reply.attr(&self.ttl, &self.attr(&node)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let object = NewObject::Special {
+            mode,
+            rdev: rdev as u64,
+        };
+        self.reply_created(
+            reply,
+            self.create_object(parent, name, object, creator(req)),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let object = NewObject::Dir { mode };
+        self.reply_created(
+            reply,
+            self.create_object(parent, name, object, creator(req)),
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let object = NewObject::Symlink {
+            target: target.as_os_str(),
+        };
+        self.reply_created(
+            reply,
+            self.create_object(parent, link_name, object, creator(req)),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = self.link_object(ino, newparent, newname).map(|n| (n, None));
+        self.reply_created(reply, result);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let object = NewObject::File { mode, flags };
+        match self.create_object(parent, name, object, creator(req)) {
+            Ok((node, Some(fd))) => {
+                let node = self.nodes.remember(node);
+                let fh = self.files.insert(OpenFile::new(fd, true));
+                reply.created(
+                    &self.ttl,
+                    &self.attr(&node),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Ok((_, None)) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.remove_object(parent, name, false));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.remove_object(parent, name, true));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            reply,
+            self.rename_object(parent, name, newparent, newname, flags.bits()),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(file) = self.files.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        match self.write_file(ino, &file, offset, data) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = self.files.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        reply_empty(
+            reply,
+            sys::fsync(file.fd().as_fd(), datasync).map_err(errno),
+        );
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = self.files.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let fd = file.fd();
+        let result = sys::fallocate(fd.as_fd(), mode, offset, length).map_err(errno);
+        self.refresh_from_fd(ino, fd.as_fd());
+        reply_empty(reply, result);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Some(file) = self.files.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let result = self
+            .read_fd(ino, &file)
+            .and_then(|fd| sys::lseek(fd.as_fd(), offset as u64, whence));
+        match result {
+            Ok(Some(pos)) => reply.offset(pos as i64),
+            Ok(None) => reply.error(Errno::ENXIO),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let (Some(input), Some(output)) = (self.files.get(fh_in.0), self.files.get(fh_out.0))
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let result = self.read_fd(ino_in, &input).and_then(|src| {
+            let dst = output.fd();
+            let n = sys::copy_file_range(
+                src.as_fd(),
+                offset_in,
+                dst.as_fd(),
+                offset_out,
+                len.min(u32::MAX as u64) as usize,
+            )?;
+            self.refresh_from_fd(ino_out, dst.as_fd());
+            Ok(n)
+        });
+        match result {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if self.noxattrs {
+            return reply.error(Errno::ENOTSUP);
+        }
+        let result = self
+            .node(ino)
+            .and_then(|node| self.set_xattr(&node, name, Some((value, flags))));
+        reply_empty(reply, result);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.noxattrs {
+            return reply.error(Errno::ENOTSUP);
+        }
+        let result = self
+            .node(ino)
+            .and_then(|node| self.set_xattr(&node, name, None));
+        reply_empty(reply, result);
+    }
+}
+
+fn creator(req: &Request) -> Creator {
+    Creator {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Strata {
+    fn reply_created(
+        &self,
+        reply: ReplyEntry,
+        result: Result<(Arc<Node>, Option<OwnedFd>), Errno>,
+    ) {
+        match result {
+            Ok((node, _)) => {
+                let node = self.nodes.remember(node);
+                reply.entry(&self.ttl, &self.attr(&node), Generation(0));
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -56,6 +56,8 @@ pub struct Node {
     parent: AtomicU64,
     lookups: AtomicU64,
     state: RwLock<NodeState>,
+    /// Held while the node is copied up, so two requests never copy it twice.
+    pub copy_up_lock: Mutex<()>,
 }
 
 impl Node {
@@ -66,6 +68,7 @@ impl Node {
             parent: AtomicU64::new(parent),
             lookups: AtomicU64::new(0),
             state: RwLock::new(state),
+            copy_up_lock: Mutex::new(()),
         }
     }
 
@@ -75,6 +78,11 @@ impl Node {
 
     pub fn state(&self) -> RwLockReadGuard<'_, NodeState> {
         self.state.read()
+    }
+
+    /// Changes the node's state in place (every holder of the node sees it).
+    pub fn update(&self, change: impl FnOnce(&mut NodeState)) {
+        change(&mut self.state.write());
     }
 
     /// The attributes the kernel sees.
@@ -151,6 +159,13 @@ impl InodeTable {
         self.nodes.len()
     }
 
+    /// Calls `f` on every node (takes each shard's lock in turn).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Node>)) {
+        for entry in self.nodes.iter() {
+            f(entry.value());
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
@@ -165,6 +180,9 @@ impl InodeTable {
 /// bit set.
 #[derive(Debug)]
 pub struct InoMap {
+    /// Upper objects copied up from a lower one keep the lower's number:
+    /// (upper device, upper inode) → number shown.
+    aliases: DashMap<(u64, u64), u64>,
     devs: RwLock<Vec<u64>>,
     /// Serialises registration of devices met after the mount started.
     grow: Mutex<()>,
@@ -183,9 +201,15 @@ impl InoMap {
             }
         }
         InoMap {
+            aliases: DashMap::new(),
             devs: RwLock::new(devs),
             grow: Mutex::new(()),
         }
+    }
+
+    /// Makes the object (dev, real) show as `ino` from now on.
+    pub fn alias(&self, dev: u64, real: u64, ino: u64) {
+        self.aliases.insert((dev, real), ino);
     }
 
     fn dev_index(&self, dev: u64) -> (usize, usize) {
@@ -206,6 +230,11 @@ impl InoMap {
 
     /// The inode number for the object with real inode `real` on device `dev`.
     pub fn ino(&self, dev: u64, real: u64) -> u64 {
+        if !self.aliases.is_empty()
+            && let Some(ino) = self.aliases.get(&(dev, real))
+        {
+            return *ino;
+        }
         let (index, count) = self.dev_index(dev);
         let ino = if count == 1 {
             real

@@ -15,7 +15,7 @@
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -271,8 +271,27 @@ impl DirLayer {
         })
     }
 
+    /// A layer over an already open directory fd.
+    pub fn from_fd(root: OwnedFd) -> io::Result<DirLayer> {
+        let root_dev = sys::fstat(root.as_fd())?.st_dev;
+        Ok(DirLayer {
+            source: PathBuf::new(),
+            root,
+            root_dev,
+        })
+    }
+
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// An O_PATH fd of directory `dir`, for the `*at` calls that change it.
+    pub fn dir_fd(&self, dir: &RelPath) -> io::Result<OwnedFd> {
+        self.open_dir(dir, libc::O_PATH)
+    }
+
     /// An O_PATH fd for `path` (the symlink itself for a symlink).
-    fn open_path(&self, path: &RelPath) -> io::Result<OwnedFd> {
+    pub fn open_path(&self, path: &RelPath) -> io::Result<OwnedFd> {
         sys::openat2(
             self.root.as_fd(),
             path.as_cstr(),
@@ -375,16 +394,7 @@ impl Layer for DirLayer {
     fn list(&self, dir: &RelPath) -> io::Result<Listing> {
         let fd = self.open_dir(dir, libc::O_RDONLY)?;
         let mut listing = Listing::default();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let filled = sys::getdents64(fd.as_fd(), &mut buf)?;
-            if filled == 0 {
-                break;
-            }
-            for raw in Dirents::new(&buf[..filled]) {
-                self.classify(&fd, raw, &mut listing)?;
-            }
-        }
+        for_each_dirent(&fd, |raw| self.classify(&fd, raw, &mut listing))?;
         Ok(listing)
     }
 
@@ -419,7 +429,38 @@ impl Layer for DirLayer {
     }
 }
 
+/// Calls `f` on every record of directory `fd`, `.` and `..` included.
+fn for_each_dirent(
+    fd: &OwnedFd,
+    mut f: impl FnMut(RawDirent<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let filled = sys::getdents64(fd.as_fd(), &mut buf)?;
+        if filled == 0 {
+            return Ok(());
+        }
+        for raw in Dirents::new(&buf[..filled]) {
+            f(raw)?;
+        }
+    }
+}
+
 impl DirLayer {
+    /// Every name in directory `dir`, whiteouts and markers included, as
+    /// stored (for removing a tree, not for showing it).
+    pub fn raw_names(&self, dir: &RelPath) -> io::Result<Vec<OsString>> {
+        let fd = self.open_dir(dir, libc::O_RDONLY)?;
+        let mut names = Vec::new();
+        for_each_dirent(&fd, |raw| {
+            if raw.name != b"." && raw.name != b".." {
+                names.push(OsString::from_vec(raw.name.to_vec()));
+            }
+            Ok(())
+        })?;
+        Ok(names)
+    }
+
     /// Sorts one raw directory entry into entries, whiteouts or the opaque marker.
     fn classify(&self, dir: &OwnedFd, raw: RawDirent<'_>, out: &mut Listing) -> io::Result<()> {
         let name = raw.name;

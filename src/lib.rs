@@ -7,8 +7,10 @@
 //! | [`options`] | argv and mount options → a validated configuration |
 //! | [`layer`] | one layer: its directory fd, relative syscalls, whiteout/opaque formats |
 //! | [`lookup`] | the layer stack and top-down name resolution |
+//! | [`copy_up`] | the upper layer and workdir; atomic copy-up of lower objects |
 //! | [`inode`] | the node table, lookup counts, inode numbers |
 //! | [`dcache`] | the sharded, bounded dentry cache (positive and negative) |
+//! | [`dir`] | namespace changes: create, link, unlink, rmdir, rename; whiteouts, opaque dirs |
 //! | [`readdir`] | merged directory listings |
 //! | [`file`] | open file and directory handles |
 //! | [`xattr`] | visible vs internal extended attributes |
@@ -16,8 +18,10 @@
 //! | [`daemon`] | mounting, detaching from the caller, clean shutdown |
 //! | [`sys`] | the only `unsafe`: thin syscall wrappers |
 
+pub mod copy_up;
 pub mod daemon;
 pub mod dcache;
+pub mod dir;
 pub mod file;
 pub mod fs;
 pub mod inode;

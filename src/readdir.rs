@@ -12,6 +12,7 @@ use std::io;
 use fuser::FileType;
 
 use crate::inode::{InoMap, NodeState};
+use crate::layer::is_absent;
 use crate::lookup::LayerStack;
 
 /// One entry of a merged listing.
@@ -34,7 +35,12 @@ pub fn merged_listing(
     let mut out = Vec::new();
     for origin in &dir.origins {
         let layer = stack.get(origin.layer);
-        let listing = layer.list(&origin.path)?;
+        let listing = match layer.list(&origin.path) {
+            Ok(listing) => listing,
+            // Not (yet) in this layer: the upper copy of a lower directory.
+            Err(e) if is_absent(&e) => continue,
+            Err(e) => return Err(e),
+        };
         let dev = layer.root_dev();
         for entry in listing.entries {
             if taken.contains(&entry.name) {

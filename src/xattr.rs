@@ -1,7 +1,16 @@
 //! Extended attributes as users see them: the layers' own xattrs minus the
 //! internal ones that union filesystems keep for themselves.
 
+use std::ffi::{CString, OsStr};
 use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+
+use fuser::Errno;
+
+use crate::fs::{Strata, errno};
+use crate::inode::Node;
+use crate::sys;
 
 /// Namespaces of internal xattrs: kernel overlayfs (`trusted.` and
 /// `userxattr` forms), fuse-overlayfs, containers-storage and strata itself.
@@ -40,6 +49,36 @@ pub fn none_if_unsupported(r: io::Result<Vec<u8>>) -> io::Result<Vec<u8>> {
     match r {
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
         other => other,
+    }
+}
+
+impl Strata {
+    /// Sets (`Some((value, flags))`) or removes (`None`) an xattr, after
+    /// copying the node up. Internal names cannot be changed through the
+    /// mount (EPERM, as the kernel answers for its own).
+    pub(crate) fn set_xattr(
+        &self,
+        node: &Node,
+        name: &OsStr,
+        value: Option<(&[u8], i32)>,
+    ) -> Result<(), Errno> {
+        if is_internal(name.as_bytes()) {
+            return Err(Errno::EPERM);
+        }
+        let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        self.copy_up(node).map_err(errno)?;
+        let upper = self.upper_or_erofs().map_err(errno)?;
+        let fd = upper
+            .layer
+            .open_path(&node.state().top().path)
+            .map_err(errno)?;
+        match value {
+            Some((value, flags)) => sys::fsetxattr_any(fd.as_fd(), &cname, value, flags),
+            None => sys::fremovexattr_any(fd.as_fd(), &cname),
+        }
+        .map_err(errno)?;
+        self.refresh(node);
+        Ok(())
     }
 }
 

@@ -1,0 +1,345 @@
+//! Copy-up: bringing a lower object into the upper layer before it changes.
+//!
+//! Every copy is built in the workdir under a temporary name and renamed
+//! into the upper in one step, so the upper holds either nothing or the
+//! complete object, never a partial one. Parents are copied first, with
+//! their mode, owner, times and xattrs. Data keeps its holes (SEEK_DATA /
+//! SEEK_HOLE + copy_file_range, which also reflinks where the filesystem
+//! can).
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuser::FileType;
+use log::warn;
+
+use crate::fs::Strata;
+use crate::inode::{LayerId, Node, Origin};
+use crate::layer::{DirLayer, Layer, RelPath, Stat, is_absent};
+use crate::sys;
+use crate::xattr;
+
+/// The upper layer is always layer 0 of the stack.
+pub const UPPER: LayerId = 0;
+
+/// Names of temporary objects in the workdir; leftovers are removed at mount.
+const TMP_PREFIX: &str = "#strata-tmp.";
+
+/// The writable side of the stack: the upper layer and its workdir.
+#[derive(Debug)]
+pub struct Upper {
+    pub layer: Arc<DirLayer>,
+    /// The workdir, with the same relative-access rules as a layer.
+    work_layer: DirLayer,
+    next_tmp: AtomicU64,
+}
+
+impl Upper {
+    /// Opens the workdir and removes what an earlier run left in it.
+    pub fn open(layer: Arc<DirLayer>, workdir: &Path) -> io::Result<Upper> {
+        let c = CString::new(workdir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let upper = Upper {
+            layer,
+            work_layer: DirLayer::from_fd(sys::open_dir_path(&c)?)?,
+            next_tmp: AtomicU64::new(0),
+        };
+        upper.clean_workdir()?;
+        Ok(upper)
+    }
+
+    pub fn work(&self) -> BorrowedFd<'_> {
+        self.work_layer.root_fd()
+    }
+
+    /// The workdir as a layer, for removing trees in it.
+    pub fn work_layer(&self) -> &DirLayer {
+        &self.work_layer
+    }
+
+    /// A fresh name for a temporary object in the workdir.
+    pub fn tmp_name(&self) -> CString {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("{TMP_PREFIX}{}.{n}", std::process::id())).expect("no NUL")
+    }
+
+    /// An O_PATH fd of directory `path` in the upper.
+    pub fn dir_fd(&self, path: &RelPath) -> io::Result<OwnedFd> {
+        self.layer.dir_fd(path)
+    }
+
+    fn clean_workdir(&self) -> io::Result<()> {
+        let work = &self.work_layer;
+        let root = RelPath::root();
+        for name in work.raw_names(&root)? {
+            if name.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+                warn!("removing leftover {name:?} from the workdir");
+                remove_tree(work, &root, &name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes `name` in `dir` of `layer`, recursively for a directory.
+pub fn remove_tree(layer: &DirLayer, dir: &RelPath, name: &OsStr) -> io::Result<()> {
+    let dirfd = layer.dir_fd(dir)?;
+    let cname = CString::new(name.as_bytes()).expect("no NUL");
+    let st = sys::fstatat(dirfd.as_fd(), &cname, libc::AT_SYMLINK_NOFOLLOW)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let path = dir.join(name);
+        for child in layer.raw_names(&path)? {
+            remove_tree(layer, &path, &child)?;
+        }
+        sys::unlinkat(dirfd.as_fd(), &cname, libc::AT_REMOVEDIR)
+    } else {
+        sys::unlinkat(dirfd.as_fd(), &cname, 0)
+    }
+}
+
+fn name_cstr(name: &OsStr) -> CString {
+    CString::new(name.as_bytes()).expect("names never contain NUL")
+}
+
+impl Strata {
+    /// Makes sure directory `path` exists in the upper, copying each missing
+    /// ancestor from the topmost lower layer that holds it.
+    pub(crate) fn copy_up_dir_path(&self, path: &RelPath) -> io::Result<()> {
+        let upper = self.upper_or_erofs()?;
+        let Some((parent, name)) = path.split_last() else {
+            return Ok(()); // the upper's root always exists
+        };
+        match upper.layer.stat(path) {
+            Ok(st) if st.is_dir() => return Ok(()),
+            Ok(_) => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            Err(e) if is_absent(&e) => {}
+            Err(e) => return Err(e),
+        }
+        self.copy_up_dir_path(&parent)?;
+        let (layer, stat) = self.topmost_lower(path)?;
+        let tmp = upper.tmp_name();
+        sys::mkdirat(upper.work(), &tmp, 0o700)?;
+        let result = (|| {
+            let fd = sys::openat2(
+                upper.work(),
+                &tmp,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+                sys::RESOLVE_IN_LAYER,
+            )?;
+            copy_metadata(self.stack.get(layer), path, &stat, fd.as_fd())?;
+            let pfd = upper.dir_fd(&parent)?;
+            sys::renameat2(
+                upper.work(),
+                &tmp,
+                pfd.as_fd(),
+                &name_cstr(name),
+                libc::RENAME_NOREPLACE,
+            )
+        })();
+        match result {
+            Ok(()) => Ok(()),
+            // Another request copied the same directory up first.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let _ = sys::unlinkat(upper.work(), &tmp, libc::AT_REMOVEDIR);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = sys::unlinkat(upper.work(), &tmp, libc::AT_REMOVEDIR);
+                Err(e)
+            }
+        }
+    }
+
+    /// The topmost lower layer holding `path`, and its stat there.
+    fn topmost_lower(&self, path: &RelPath) -> io::Result<(LayerId, Stat)> {
+        for id in UPPER + 1..self.stack.len() {
+            match self.stack.get(id).stat(path) {
+                Ok(st) => return Ok((id, st)),
+                Err(e) if is_absent(&e) || e.raw_os_error() == Some(libc::ELOOP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    /// Copies `node` into the upper (a no-op when it is already there) and
+    /// points the node at its upper copy. Its inode number does not change.
+    pub(crate) fn copy_up(&self, node: &Node) -> io::Result<()> {
+        let _serialised = node.copy_up_lock.lock();
+        let state = node.state().clone();
+        if state.top().layer == UPPER {
+            return Ok(());
+        }
+        let upper = self.upper_or_erofs()?;
+        if node.kind == FileType::Directory {
+            self.copy_up_dir_path(&state.path)?;
+        } else {
+            let (parent, name) = state
+                .path
+                .split_last()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            self.copy_up_dir_path(&parent)?;
+            let src = state.top();
+            let tmp = upper.tmp_name();
+            let result = self.copy_non_dir(src, &state.stat, &tmp).and_then(|()| {
+                let pfd = upper.dir_fd(&parent)?;
+                sys::renameat2(
+                    upper.work(),
+                    &tmp,
+                    pfd.as_fd(),
+                    &name_cstr(name),
+                    libc::RENAME_NOREPLACE,
+                )
+            });
+            if let Err(e) = result {
+                let _ = sys::unlinkat(upper.work(), &tmp, 0);
+                return Err(e);
+            }
+        }
+        let upper_stat = upper.layer.stat(&state.path)?;
+        self.inos.alias(upper_stat.dev, upper_stat.ino, node.ino);
+        node.update(|s| {
+            let origin = Origin {
+                layer: UPPER,
+                path: s.path.clone(),
+            };
+            if node.kind == FileType::Directory {
+                s.origins.insert(0, origin);
+            } else {
+                s.origins = vec![origin];
+            }
+            s.stat = upper_stat;
+        });
+        Ok(())
+    }
+
+    /// Builds a copy of a lower non-directory as `tmp` in the workdir.
+    fn copy_non_dir(&self, src: &Origin, stat: &Stat, tmp: &CStr) -> io::Result<()> {
+        let upper = self.upper_or_erofs()?;
+        let layer = self.stack.get(src.layer);
+        match stat.kind() {
+            FileType::RegularFile => {
+                let input = layer.open(&src.path, libc::O_RDONLY)?;
+                let output = sys::openat2(
+                    upper.work(),
+                    tmp,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                    sys::RESOLVE_IN_LAYER,
+                )?;
+                copy_data(input.as_fd(), output.as_fd(), stat.size)?;
+                copy_metadata(layer, &src.path, stat, output.as_fd())
+            }
+            FileType::Symlink => {
+                let target = CString::new(layer.readlink(&src.path)?)
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                sys::symlinkat(&target, upper.work(), tmp)?;
+                let fd = open_path_in(upper.work(), tmp)?;
+                copy_metadata(layer, &src.path, stat, fd.as_fd())
+            }
+            _ => {
+                sys::mknodat(upper.work(), tmp, stat.mode & libc::S_IFMT, stat.rdev)?;
+                let fd = open_path_in(upper.work(), tmp)?;
+                copy_metadata(layer, &src.path, stat, fd.as_fd())
+            }
+        }
+    }
+}
+
+fn open_path_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    sys::openat2(
+        dir,
+        name,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_IN_LAYER,
+    )
+}
+
+/// Copies `size` bytes, skipping holes so sparse files stay sparse.
+fn copy_data(input: BorrowedFd<'_>, output: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    let mut offset = 0;
+    while offset < size {
+        let Some(data) = sys::lseek(input, offset, libc::SEEK_DATA)? else {
+            break; // only a hole is left
+        };
+        let end = sys::lseek(input, data, libc::SEEK_HOLE)?
+            .unwrap_or(size)
+            .min(size);
+        copy_range(input, output, data, end)?;
+        offset = end;
+    }
+    // Sets the size, which also keeps a trailing hole.
+    sys::ftruncate(output, size)
+}
+
+fn copy_range(
+    input: BorrowedFd<'_>,
+    output: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+) -> io::Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let want = (end - pos).min(1 << 30) as usize;
+        match sys::copy_file_range(input, pos, output, pos, want) {
+            Ok(0) => break,
+            Ok(n) => pos += n as u64,
+            // Filesystems that cannot copy between each other: plain copy.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                let mut buf = vec![0u8; 1 << 20];
+                while pos < end {
+                    let n =
+                        sys::pread(input, &mut buf[..((end - pos) as usize).min(1 << 20)], pos)?;
+                    if n == 0 {
+                        break;
+                    }
+                    sys::pwrite_all(output, &buf[..n], pos)?;
+                    pos += n as u64;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Gives the copy at `dst` the xattrs (minus internal ones), owner, mode and
+/// times of `src_path` in `layer`. Mode comes after owner: chown clears
+/// set-id bits.
+fn copy_metadata(
+    layer: &dyn Layer,
+    src_path: &RelPath,
+    stat: &Stat,
+    dst: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let names = xattr::none_if_unsupported(layer.list_xattr(src_path))?;
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if xattr::is_internal(name) {
+            continue;
+        }
+        let cname = CString::new(name).expect("split on NUL");
+        let value = match layer.get_xattr(src_path, &cname) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        sys::fsetxattr_any(dst, &cname, &value, 0)?;
+    }
+    sys::fchownat(dst, c"", stat.uid, stat.gid, libc::AT_EMPTY_PATH)?;
+    if stat.kind() != FileType::Symlink {
+        sys::fchmod_any(dst, stat.mode & 0o7777)?;
+    }
+    sys::futimens_any(dst, Some(Some(stat.atime)), Some(Some(stat.mtime)))
+}

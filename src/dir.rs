@@ -1,0 +1,638 @@
+//! Namespace changes in the merged tree (the kernel's overlayfs `dir.c`):
+//! create, mkdir, mknod, symlink, link, unlink, rmdir, rename, and the
+//! whiteouts and opaque directories they leave in the upper layer.
+//!
+//! Every new object is built in the workdir under a temporary name and then
+//! moved into place in one rename, so that a whiteout it replaces never
+//! disappears before the new object is there.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use fuser::{Errno, FileType, INodeNo};
+
+use crate::copy_up::{UPPER, Upper, remove_tree};
+use crate::dcache::Dentry;
+use crate::fs::{Strata, errno};
+use crate::inode::{Node, NodeState};
+use crate::layer::{
+    NAME_MAX, OPAQUE_MARKER, RelPath, WHITEOUT_PREFIX, is_absent, is_whiteout_name,
+    whiteout_name_for,
+};
+use crate::readdir::merged_listing;
+use crate::sys;
+
+/// What to create.
+#[derive(Debug)]
+pub enum NewObject<'a> {
+    /// A regular file, opened with `flags` (the fd is returned).
+    File {
+        mode: u32,
+        flags: i32,
+    },
+    Dir {
+        mode: u32,
+    },
+    /// A special file (fifo, socket, device), or a regular file via mknod.
+    Special {
+        mode: u32,
+        rdev: u64,
+    },
+    Symlink {
+        target: &'a OsStr,
+    },
+}
+
+/// Who creates it: the owner of new objects.
+#[derive(Debug, Clone, Copy)]
+pub struct Creator {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What the upper directory holds under a name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum UpperEntry {
+    Absent,
+    /// A 0/0 character device.
+    Whiteout,
+    /// A `.wh.NAME` file (the rootless fallback format).
+    OciWhiteout,
+    Present {
+        is_dir: bool,
+    },
+}
+
+fn cstr(name: &OsStr) -> CString {
+    CString::new(name.as_bytes()).expect("names never contain NUL")
+}
+
+fn upper_entry(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<UpperEntry> {
+    match sys::fstatat(dir, &cstr(name), libc::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0 => {
+            Ok(UpperEntry::Whiteout)
+        }
+        Ok(st) => Ok(UpperEntry::Present {
+            is_dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+        }),
+        Err(e) if is_absent(&e) => {
+            if name.len() + WHITEOUT_PREFIX.len() <= NAME_MAX
+                && sys::fstatat(
+                    dir,
+                    &whiteout_name_for(name.as_bytes()),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+                .is_ok()
+            {
+                Ok(UpperEntry::OciWhiteout)
+            } else {
+                Ok(UpperEntry::Absent)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a whiteout `name` in `dir`: a 0/0 character device like the
+/// kernel, or a `.wh.NAME` file where mknod is not permitted (rootless).
+fn make_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    match sys::mknodat(dir, name, libc::S_IFCHR, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::openat2(
+            dir,
+            &whiteout_name_for(name.to_bytes()),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0,
+            sys::RESOLVE_IN_LAYER,
+        )
+        .map(drop),
+        other => other,
+    }
+}
+
+/// Marks directory `dir` opaque: `trusted.overlay.opaque=y` like the kernel,
+/// or a `.wh..wh..opq` entry where trusted xattrs are refused.
+fn make_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
+    match sys::fsetxattr_any(dir, c"trusted.overlay.opaque", b"y", 0) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => sys::openat2(
+            dir,
+            &CString::new(OPAQUE_MARKER).expect("no NUL"),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0,
+            sys::RESOLVE_IN_LAYER,
+        )
+        .map(drop),
+        other => other,
+    }
+}
+
+fn open_dir_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    sys::openat2(
+        dir,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_IN_LAYER,
+    )
+}
+
+/// Moves the finished `tmp` from the workdir to `name` in `dir`, replacing
+/// whatever whiteout stood there in the same step.
+fn move_into_place(
+    upper: &Upper,
+    tmp: &CStr,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    existing: UpperEntry,
+    is_dir: bool,
+) -> io::Result<()> {
+    let cname = cstr(name);
+    match existing {
+        UpperEntry::Whiteout if is_dir => {
+            // rename(2) cannot put a directory over a device: swap the two,
+            // then drop the whiteout, now in the workdir.
+            sys::renameat2(upper.work(), tmp, dir, &cname, libc::RENAME_EXCHANGE)?;
+            sys::unlinkat(upper.work(), tmp, 0)
+        }
+        UpperEntry::Whiteout => sys::renameat2(upper.work(), tmp, dir, &cname, 0),
+        UpperEntry::OciWhiteout => {
+            sys::renameat2(upper.work(), tmp, dir, &cname, libc::RENAME_NOREPLACE)?;
+            sys::unlinkat(dir, &whiteout_name_for(name.as_bytes()), 0)
+        }
+        UpperEntry::Absent | UpperEntry::Present { .. } => {
+            sys::renameat2(upper.work(), tmp, dir, &cname, libc::RENAME_NOREPLACE)
+        }
+    }
+}
+
+/// Removes a temporary object (a tree, for a directory) from the workdir.
+fn remove_tmp(upper: &Upper, tmp: &CStr) -> io::Result<()> {
+    remove_tree(
+        upper.work_layer(),
+        &RelPath::root(),
+        OsStr::from_bytes(tmp.to_bytes()),
+    )
+}
+
+fn check_name(name: &OsStr) -> Result<(), Errno> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if is_whiteout_name(name.as_bytes()) {
+        // Such a name would read back as a whiteout.
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+impl Strata {
+    /// The node of directory `ino`, checked to be a live directory.
+    fn dir_node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
+        let dir = self.node(ino)?;
+        if dir.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(dir)
+    }
+
+    /// Whether a lower layer holds `name` under `parent` (so deleting or
+    /// moving it away needs a whiteout).
+    fn lower_has(&self, parent: &NodeState, name: &OsStr) -> io::Result<bool> {
+        let lowers = NodeState {
+            origins: parent
+                .origins
+                .iter()
+                .filter(|o| o.layer != UPPER)
+                .cloned()
+                .collect(),
+            ..parent.clone()
+        };
+        if lowers.origins.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.stack.lookup(&lowers, name)?.is_some())
+    }
+
+    /// Re-reads a node's attributes from its top layer after a change.
+    pub(crate) fn refresh(&self, node: &Node) {
+        let state = node.state().clone();
+        let top = state.top();
+        if let Ok(stat) = self.stack.get(top.layer).stat(&top.path) {
+            node.update(|s| s.stat = stat);
+        }
+    }
+
+    /// Resolves `name` in `parent` afresh and caches the result.
+    fn resolve_fresh(&self, parent: &Node, name: &OsStr) -> io::Result<Option<Arc<Node>>> {
+        let state = self.stack.lookup(&self.dir_state(parent), name)?;
+        let node = state.map(|state| {
+            let ino = self.inos.ino(state.stat.dev, state.stat.ino);
+            let node = self
+                .nodes
+                .get(ino)
+                .unwrap_or_else(|| Arc::new(Node::new(ino, parent.ino, state.clone())));
+            node.update(|s| *s = state);
+            node
+        });
+        let dentry = node.clone().map_or(Dentry::Negative, Dentry::Positive);
+        self.dcache.insert(parent.ino, name, dentry);
+        Ok(node)
+    }
+
+    /// Creates `name` in `parent`. Returns the new node and, for a file, its
+    /// open fd.
+    pub(crate) fn create_object(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        object: NewObject<'_>,
+        creator: Creator,
+    ) -> Result<(Arc<Node>, Option<OwnedFd>), Errno> {
+        check_name(name)?;
+        let upper = self.upper_or_erofs().map_err(errno)?;
+        let dir = self.dir_node(parent)?;
+        if self.lookup_node(parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(&dir).map_err(errno)?;
+        let dir_state = dir.state().clone();
+        let pfd = upper.dir_fd(&dir_state.path).map_err(errno)?;
+        let existing = upper_entry(pfd.as_fd(), name).map_err(errno)?;
+
+        // Like the kernel: a set-group-id directory passes on its group, and
+        // to subdirectories the bit itself.
+        let parent_sgid = dir_state.stat.mode & libc::S_ISGID != 0;
+        let gid = if parent_sgid {
+            dir_state.stat.gid
+        } else {
+            creator.gid
+        };
+        let tmp = upper.tmp_name();
+        let work = upper.work();
+        let built = (|| -> io::Result<(Option<OwnedFd>, bool)> {
+            let (fd, mode, is_dir) = match object {
+                NewObject::File { mode, flags } => {
+                    let fd = sys::openat2(
+                        work,
+                        &tmp,
+                        (flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL))
+                            | libc::O_CREAT
+                            | libc::O_EXCL,
+                        mode & 0o7777,
+                        sys::RESOLVE_IN_LAYER,
+                    )?;
+                    (Some(fd), Some(mode), false)
+                }
+                NewObject::Dir { mode } => {
+                    let mode = if parent_sgid {
+                        mode | libc::S_ISGID
+                    } else {
+                        mode
+                    };
+                    sys::mkdirat(work, &tmp, mode & 0o7777)?;
+                    (None, Some(mode), true)
+                }
+                NewObject::Special { mode, rdev } => {
+                    sys::mknodat(work, &tmp, mode, rdev)?;
+                    (None, Some(mode), false)
+                }
+                NewObject::Symlink { target } => {
+                    sys::symlinkat(&cstr(target), work, &tmp)?;
+                    (None, None, false)
+                }
+            };
+            sys::fchownat(work, &tmp, creator.uid, gid, 0)?;
+            if let Some(mode) = mode
+                && mode & (libc::S_ISUID | libc::S_ISGID) != 0
+            {
+                // chown cleared the set-id bits; the caller asked for them.
+                let path_fd = sys::openat2(
+                    work,
+                    &tmp,
+                    libc::O_PATH | libc::O_NOFOLLOW,
+                    0,
+                    sys::RESOLVE_IN_LAYER,
+                )?;
+                sys::fchmod_any(path_fd.as_fd(), mode & 0o7777)?;
+            }
+            // A directory made where a lower one was deleted must not show
+            // the lower one's entries.
+            if is_dir && matches!(existing, UpperEntry::Whiteout | UpperEntry::OciWhiteout) {
+                make_opaque(open_dir_in(work, &tmp)?.as_fd())?;
+            }
+            Ok((fd, is_dir))
+        })();
+        let (fd, is_dir) = match built {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = remove_tmp(upper, &tmp);
+                return Err(errno(e));
+            }
+        };
+        if let Err(e) = move_into_place(upper, &tmp, pfd.as_fd(), name, existing, is_dir) {
+            let _ = remove_tmp(upper, &tmp);
+            return Err(errno(e));
+        }
+        self.refresh(&dir);
+        let node = self
+            .resolve_fresh(&dir, name)
+            .map_err(errno)?
+            .ok_or(Errno::EIO)?;
+        Ok((node, fd))
+    }
+
+    /// Hard-links `ino` as `name` in `parent`.
+    pub(crate) fn link_object(
+        &self,
+        ino: INodeNo,
+        parent: INodeNo,
+        name: &OsStr,
+    ) -> Result<Arc<Node>, Errno> {
+        check_name(name)?;
+        let upper = self.upper_or_erofs().map_err(errno)?;
+        let node = self.node(ino)?;
+        if node.kind == FileType::Directory {
+            return Err(Errno::EPERM);
+        }
+        let dir = self.dir_node(parent)?;
+        if self.lookup_node(parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(&node).map_err(errno)?;
+        self.copy_up(&dir).map_err(errno)?;
+        let src_path = node.state().path.clone();
+        let (src_dir, src_name) = src_path.split_last().ok_or(Errno::EINVAL)?;
+        let src_fd = upper.dir_fd(&src_dir).map_err(errno)?;
+        let pfd = upper.dir_fd(&dir.state().path).map_err(errno)?;
+        let existing = upper_entry(pfd.as_fd(), name).map_err(errno)?;
+        let tmp = upper.tmp_name();
+        sys::linkat(src_fd.as_fd(), &cstr(src_name), upper.work(), &tmp).map_err(errno)?;
+        if let Err(e) = move_into_place(upper, &tmp, pfd.as_fd(), name, existing, false) {
+            let _ = sys::unlinkat(upper.work(), &tmp, 0);
+            return Err(errno(e));
+        }
+        self.refresh(&node);
+        self.refresh(&dir);
+        self.dcache
+            .insert(dir.ino, name, Dentry::Positive(node.clone()));
+        Ok(node)
+    }
+
+    /// Removes `name` from `parent`: `unlink` or, with `is_dir`, `rmdir`.
+    pub(crate) fn remove_object(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        is_dir: bool,
+    ) -> Result<(), Errno> {
+        let upper = self.upper_or_erofs().map_err(errno)?;
+        let dir = self.dir_node(parent)?;
+        let node = self.lookup_node(parent, name)?.ok_or(Errno::ENOENT)?;
+        match (is_dir, node.kind == FileType::Directory) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            _ => {}
+        }
+        if is_dir
+            && !merged_listing(&self.stack, &self.inos, &self.dir_state(&node))
+                .map_err(errno)?
+                .is_empty()
+        {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let needs_whiteout = self.lower_has(&self.dir_state(&dir), name).map_err(errno)?;
+        self.copy_up(&dir).map_err(errno)?;
+        let dir_path = dir.state().path.clone();
+        let pfd = upper.dir_fd(&dir_path).map_err(errno)?;
+        let cname = cstr(name);
+        let in_upper = matches!(
+            upper_entry(pfd.as_fd(), name).map_err(errno)?,
+            UpperEntry::Present { .. }
+        );
+        let result = if in_upper && is_dir {
+            // Move the directory (holding only whiteouts) out of the way in
+            // one step, leaving a whiteout if lower layers hold the name.
+            let tmp = upper.tmp_name();
+            let moved = if needs_whiteout {
+                make_whiteout(upper.work(), &tmp).and_then(|()| {
+                    sys::renameat2(
+                        upper.work(),
+                        &tmp,
+                        pfd.as_fd(),
+                        &cname,
+                        libc::RENAME_EXCHANGE,
+                    )
+                })
+            } else {
+                sys::renameat2(
+                    pfd.as_fd(),
+                    &cname,
+                    upper.work(),
+                    &tmp,
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            moved.map(|()| {
+                // The name is already gone from the merged view; what is left
+                // in the workdir is removed now, or at the next mount.
+                if let Err(e) = remove_tmp(upper, &tmp) {
+                    log::warn!("could not clear {tmp:?} from the workdir: {e}");
+                }
+            })
+        } else if in_upper && needs_whiteout {
+            let tmp = upper.tmp_name();
+            make_whiteout(upper.work(), &tmp)
+                .and_then(|()| sys::renameat2(upper.work(), &tmp, pfd.as_fd(), &cname, 0))
+        } else if in_upper {
+            sys::unlinkat(pfd.as_fd(), &cname, 0)
+        } else {
+            make_whiteout(pfd.as_fd(), &cname)
+        };
+        result.map_err(errno)?;
+        node.update(|s| {
+            s.stat.nlink = if is_dir {
+                0
+            } else {
+                s.stat.nlink.saturating_sub(1)
+            }
+        });
+        if !is_dir && node.state().top().layer == UPPER && node.state().stat.nlink > 0 {
+            // Other names of the same upper inode remain.
+            self.refresh(&node);
+        }
+        self.refresh(&dir);
+        self.dcache.insert(dir.ino, name, Dentry::Negative);
+        Ok(())
+    }
+
+    /// A directory that exists only in the upper (or is opaque there) can
+    /// be renamed in place; one merged with lower layers needs a redirect,
+    /// which is not implemented yet: EXDEV, so `mv` copies it instead.
+    fn is_upper_only_dir(&self, parent: &Node, name: &OsStr) -> io::Result<bool> {
+        let state = self.stack.lookup(&self.dir_state(parent), name)?;
+        Ok(state.is_some_and(|s| s.origins.len() == 1 && s.origins[0].layer == UPPER))
+    }
+
+    /// `rename` and `renameat2` with RENAME_NOREPLACE or RENAME_EXCHANGE.
+    pub(crate) fn rename_object(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        check_name(new_name)?;
+        let upper = self.upper_or_erofs().map_err(errno)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let dir = self.dir_node(parent)?;
+        let new_dir = self.dir_node(new_parent)?;
+        let src = self.lookup_node(parent, name)?.ok_or(Errno::ENOENT)?;
+        let dst = self.lookup_node(new_parent, new_name)?;
+        if let Some(dst) = &dst {
+            if Arc::ptr_eq(dst, &src) {
+                return Ok(()); // same inode (hard links or same name): nothing to do
+            }
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(Errno::EEXIST);
+            }
+        } else if exchange {
+            return Err(Errno::ENOENT);
+        }
+        let src_is_dir = src.kind == FileType::Directory;
+        let dst_is_dir = dst.as_ref().is_some_and(|d| d.kind == FileType::Directory);
+        if src_is_dir && !self.is_upper_only_dir(&dir, name).map_err(errno)? {
+            return Err(Errno::EXDEV);
+        }
+        if exchange && dst_is_dir && !self.is_upper_only_dir(&new_dir, new_name).map_err(errno)? {
+            return Err(Errno::EXDEV);
+        }
+        if !exchange && let Some(dst) = &dst {
+            match (src_is_dir, dst_is_dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true)
+                    if !merged_listing(&self.stack, &self.inos, &self.dir_state(dst))
+                        .map_err(errno)?
+                        .is_empty() =>
+                {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                _ => {}
+            }
+        }
+        let src_needs_whiteout =
+            !exchange && self.lower_has(&self.dir_state(&dir), name).map_err(errno)?;
+        // A directory landing on a name that lower layers hold must hide them.
+        let dst_lower = self
+            .lower_has(&self.dir_state(&new_dir), new_name)
+            .map_err(errno)?;
+        self.copy_up(&src).map_err(errno)?;
+        if let Some(dst) = dst.as_ref().filter(|_| exchange) {
+            self.copy_up(dst).map_err(errno)?;
+        }
+        self.copy_up(&dir).map_err(errno)?;
+        self.copy_up(&new_dir).map_err(errno)?;
+        let src_path = src.state().path.clone();
+        let pfd = upper.dir_fd(&dir.state().path).map_err(errno)?;
+        let npfd = upper.dir_fd(&new_dir.state().path).map_err(errno)?;
+        let (cname, cnew) = (cstr(name), cstr(new_name));
+        let result = (|| -> io::Result<()> {
+            if exchange {
+                return sys::renameat2(
+                    pfd.as_fd(),
+                    &cname,
+                    npfd.as_fd(),
+                    &cnew,
+                    libc::RENAME_EXCHANGE,
+                );
+            }
+            if src_is_dir && dst_lower {
+                let fd = upper.layer.dir_fd(&src_path)?;
+                make_opaque(fd.as_fd())?;
+            }
+            let target = upper_entry(npfd.as_fd(), new_name)?;
+            match target {
+                UpperEntry::Present { is_dir: true } | UpperEntry::Whiteout if src_is_dir => {
+                    // Swap, then clear what now stands at the source name.
+                    sys::renameat2(
+                        pfd.as_fd(),
+                        &cname,
+                        npfd.as_fd(),
+                        &cnew,
+                        libc::RENAME_EXCHANGE,
+                    )?;
+                    remove_tree(&upper.layer, &dir.state().path, name)?;
+                }
+                UpperEntry::OciWhiteout => {
+                    sys::renameat2(
+                        pfd.as_fd(),
+                        &cname,
+                        npfd.as_fd(),
+                        &cnew,
+                        libc::RENAME_NOREPLACE,
+                    )?;
+                    sys::unlinkat(npfd.as_fd(), &whiteout_name_for(new_name.as_bytes()), 0)?;
+                }
+                _ => sys::renameat2(pfd.as_fd(), &cname, npfd.as_fd(), &cnew, 0)?,
+            }
+            if src_needs_whiteout {
+                make_whiteout(pfd.as_fd(), &cname)?;
+            }
+            Ok(())
+        })();
+        result.map_err(errno)?;
+        if let Some(dst) = dst.as_ref().filter(|_| !exchange) {
+            dst.update(|s| {
+                s.stat.nlink = if dst_is_dir {
+                    0
+                } else {
+                    s.stat.nlink.saturating_sub(1)
+                }
+            });
+        }
+        if src_is_dir {
+            self.move_descendants(&src_path, &new_dir.state().path.join(new_name));
+        }
+        self.dcache.invalidate(dir.ino, name);
+        self.dcache.invalidate(new_dir.ino, new_name);
+        self.resolve_fresh(&new_dir, new_name).map_err(errno)?;
+        if exchange {
+            self.resolve_fresh(&dir, name).map_err(errno)?;
+        }
+        self.refresh(&dir);
+        self.refresh(&new_dir);
+        Ok(())
+    }
+
+    /// After a directory moved from `from` to `to`, points every known node
+    /// below it at its new path. Forgotten nodes may linger in the dentry
+    /// cache with old paths, so the cache is dropped (directory renames are
+    /// rare).
+    fn move_descendants(&self, from: &RelPath, to: &RelPath) {
+        let prefix = [from.as_bytes(), b"/"].concat();
+        self.nodes.for_each(|node| {
+            let moved = {
+                let state = node.state();
+                state.path.as_bytes().starts_with(&prefix)
+            };
+            if moved {
+                node.update(|s| {
+                    let rebase = |p: &RelPath| {
+                        let rest = &p.as_bytes()[prefix.len()..];
+                        to.join(OsStr::from_bytes(rest))
+                    };
+                    s.path = rebase(&s.path);
+                    for o in &mut s.origins {
+                        if o.path.as_bytes().starts_with(&prefix) {
+                            o.path = rebase(&o.path);
+                        }
+                    }
+                });
+            }
+        });
+        self.dcache.clear();
+    }
+}

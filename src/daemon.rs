@@ -49,6 +49,7 @@ pub fn mount_and_serve(config: &Config) -> io::Result<()> {
         dcache_entries: DCACHE_ENTRIES,
         static_nlink: config.static_nlink,
         noxattrs: config.noxattrs,
+        fsync: config.fsync && !config.volatile,
     })?;
     // Modes asked for by the kernel are already masked by the caller's umask.
     sys::clear_umask();

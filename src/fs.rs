@@ -17,12 +17,12 @@ use fuser::{
 };
 use log::{debug, info};
 
-use crate::copy_up::{UPPER, Upper};
-use crate::dcache::{Dentry, DentryCache};
+use crate::copy_up::Upper;
+use crate::dcache::DentryCache;
 use crate::dir::{Creator, NewObject};
 use crate::file::{AttrChange, HandleTable, OpenDir, OpenFile};
-use crate::inode::{InoMap, InodeTable, Node, NodeState, Origin, ROOT_INO};
-use crate::layer::{DirLayer, Layer, NAME_MAX, is_whiteout_name};
+use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
+use crate::layer::{DirLayer, Layer};
 use crate::lookup::LayerStack;
 use crate::readdir::merged_listing;
 use crate::sys;
@@ -44,6 +44,8 @@ pub struct FsConfig {
     pub static_nlink: bool,
     /// Refuse every xattr request with ENOTSUP (fuse-overlayfs `noxattrs=1`).
     pub noxattrs: bool,
+    /// Pass fsync on to the upper layer (off with `fsync=0` or `volatile`).
+    pub fsync: bool,
 }
 
 /// Default cache lifetime: layers only change through us, so the kernel's
@@ -62,6 +64,7 @@ pub struct Strata {
     pub(crate) ttl: Duration,
     static_nlink: bool,
     noxattrs: bool,
+    fsync: bool,
 }
 
 pub(crate) fn errno(e: io::Error) -> Errno {
@@ -107,6 +110,7 @@ impl Strata {
             ttl: config.timeout,
             static_nlink: config.static_nlink,
             noxattrs: config.noxattrs,
+            fsync: config.fsync,
         })
     }
 
@@ -127,64 +131,6 @@ impl Strata {
         self.upper
             .as_ref()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EROFS))
-    }
-
-    /// A directory's state with the upper directory at its path as the top
-    /// origin. A directory node made before an ancestor was copied up does
-    /// not list the upper yet; the upper copy of a directory is never opaque
-    /// unless strata made it so, and then it made a fresh node.
-    pub(crate) fn dir_state(&self, dir: &Node) -> NodeState {
-        let mut state = dir.state().clone();
-        if self.upper.is_some() && state.top().layer != UPPER {
-            state.origins.insert(
-                0,
-                Origin {
-                    layer: UPPER,
-                    path: state.path.clone(),
-                },
-            );
-        }
-        state
-    }
-
-    /// Resolves `name` in `parent`: from the dentry cache when possible, else
-    /// top-down through the layers (and then cached, hit or miss).
-    pub(crate) fn lookup_node(
-        &self,
-        parent: INodeNo,
-        name: &OsStr,
-    ) -> Result<Option<Arc<Node>>, Errno> {
-        if name.len() > NAME_MAX {
-            return Err(Errno::ENAMETOOLONG);
-        }
-        if is_whiteout_name(name.as_bytes()) {
-            return Ok(None);
-        }
-        match self.dcache.get(parent.0, name) {
-            Some(Dentry::Positive(node)) => return Ok(Some(node)),
-            Some(Dentry::Negative) => return Ok(None),
-            None => {}
-        }
-        let dir = self.node(parent)?;
-        if dir.kind != FileType::Directory {
-            return Err(Errno::ENOTDIR);
-        }
-        let dir_state = self.dir_state(&dir);
-        let found = self.stack.lookup(&dir_state, name).map_err(errno)?;
-        let node = found.map(|state| {
-            let top = &state.stat;
-            let ino = self.inos.ino(top.dev, top.ino);
-            // A hard link reached by another name: share the known node.
-            self.nodes
-                .get(ino)
-                .unwrap_or_else(|| Arc::new(Node::new(ino, parent.0, state)))
-        });
-        let dentry = match &node {
-            Some(n) => Dentry::Positive(n.clone()),
-            None => Dentry::Negative,
-        };
-        self.dcache.insert(parent.0, name, dentry);
-        Ok(node)
     }
 
     fn open_dir(&self, node: &Node) -> io::Result<OpenDir> {
@@ -648,6 +594,9 @@ impl fuser::Filesystem for Strata {
         let Some(file) = self.files.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if !self.fsync {
+            return reply.ok();
+        }
         reply_empty(
             reply,
             sys::fsync(file.fd().as_fd(), datasync).map_err(errno),

@@ -11,10 +11,16 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use crate::inode::{LayerId, NodeState, Origin};
-use crate::layer::{Layer, Probe, RelPath};
+use fuser::{Errno, FileType, INodeNo};
+
+use crate::copy_up::UPPER;
+use crate::dcache::Dentry;
+use crate::fs::{Strata, errno};
+use crate::inode::{LayerId, Node, NodeState, Origin};
+use crate::layer::{Layer, NAME_MAX, Probe, RelPath, is_whiteout_name};
 
 /// The layers of one mount: the upper first (if any), then the lowers top to
 /// bottom. Indices into it are [`LayerId`]s.
@@ -110,6 +116,66 @@ impl LayerStack {
             }
         }
         Ok(found)
+    }
+}
+
+impl Strata {
+    /// A directory's state with the upper directory at its path as the top
+    /// origin. A directory node made before an ancestor was copied up does
+    /// not list the upper yet; the upper copy of a directory is never opaque
+    /// unless strata made it so, and then it made a fresh node.
+    pub(crate) fn dir_state(&self, dir: &Node) -> NodeState {
+        let mut state = dir.state().clone();
+        if self.upper.is_some() && state.top().layer != UPPER {
+            state.origins.insert(
+                0,
+                Origin {
+                    layer: UPPER,
+                    path: state.path.clone(),
+                },
+            );
+        }
+        state
+    }
+
+    /// Resolves `name` in `parent`: from the dentry cache when possible, else
+    /// top-down through the layers (and then cached, hit or miss).
+    pub(crate) fn lookup_node(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+    ) -> Result<Option<Arc<Node>>, Errno> {
+        if name.len() > NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if is_whiteout_name(name.as_bytes()) {
+            return Ok(None);
+        }
+        match self.dcache.get(parent.0, name) {
+            Some(Dentry::Positive(node)) => return Ok(Some(node)),
+            Some(Dentry::Negative) => return Ok(None),
+            None => {}
+        }
+        let dir = self.node(parent)?;
+        if dir.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let dir_state = self.dir_state(&dir);
+        let found = self.stack.lookup(&dir_state, name).map_err(errno)?;
+        let node = found.map(|state| {
+            let top = &state.stat;
+            let ino = self.inos.ino(top.dev, top.ino);
+            // A hard link reached by another name: share the known node.
+            self.nodes
+                .get(ino)
+                .unwrap_or_else(|| Arc::new(Node::new(ino, parent.0, state)))
+        });
+        let dentry = match &node {
+            Some(n) => Dentry::Positive(n.clone()),
+            None => Dentry::Negative,
+        };
+        self.dcache.insert(parent.0, name, dentry);
+        Ok(node)
     }
 }
 

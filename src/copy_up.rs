@@ -19,7 +19,7 @@ use fuser::FileType;
 use log::warn;
 
 use crate::fs::Strata;
-use crate::inode::{LayerId, Node, Origin};
+use crate::inode::{LayerId, Node, NodeState, Origin};
 use crate::layer::{DirLayer, Layer, RelPath, Stat, is_absent};
 use crate::sys;
 use crate::xattr;
@@ -107,8 +107,8 @@ fn name_cstr(name: &OsStr) -> CString {
 }
 
 impl Strata {
-    /// Makes sure directory `path` exists in the upper, copying each missing
-    /// ancestor from the topmost lower layer that holds it.
+    /// Makes sure directory `path` of the merged tree exists in the upper,
+    /// copying each missing ancestor from the lower layer that supplies it.
     pub(crate) fn copy_up_dir_path(&self, path: &RelPath) -> io::Result<()> {
         let upper = self.upper_or_erofs()?;
         let Some((parent, name)) = path.split_last() else {
@@ -121,7 +121,43 @@ impl Strata {
             Err(e) => return Err(e),
         }
         self.copy_up_dir_path(&parent)?;
-        let (layer, stat) = self.topmost_lower(path)?;
+        let state = self
+            .resolve_path(path)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let src = state
+            .origins
+            .iter()
+            .find(|o| o.layer != UPPER)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let stat = self.stack.get(src.layer).stat(&src.path)?;
+        self.copy_dir_into_upper(src, &stat, &parent, name)
+    }
+
+    /// Resolves a merged path from the root, following redirects.
+    fn resolve_path(&self, path: &RelPath) -> io::Result<Option<NodeState>> {
+        let mut state = self.stack.root_state()?;
+        if path.is_root() {
+            return Ok(Some(state));
+        }
+        for component in path.as_bytes().split(|&b| b == b'/') {
+            match self.stack.lookup(&state, OsStr::from_bytes(component))? {
+                Some(next) => state = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(state))
+    }
+
+    /// Creates directory `name` in upper directory `parent` as a copy of
+    /// `src` (attributes only: its entries stay in the lower layers).
+    fn copy_dir_into_upper(
+        &self,
+        src: &Origin,
+        stat: &Stat,
+        parent: &RelPath,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let upper = self.upper_or_erofs()?;
         let tmp = upper.tmp_name();
         sys::mkdirat(upper.work(), &tmp, 0o700)?;
         let result = (|| {
@@ -132,8 +168,8 @@ impl Strata {
                 0,
                 sys::RESOLVE_IN_LAYER,
             )?;
-            copy_metadata(self.stack.get(layer), path, &stat, fd.as_fd())?;
-            let pfd = upper.dir_fd(&parent)?;
+            copy_metadata(self.stack.get(src.layer), &src.path, stat, fd.as_fd())?;
+            let pfd = upper.dir_fd(parent)?;
             sys::renameat2(
                 upper.work(),
                 &tmp,
@@ -142,30 +178,14 @@ impl Strata {
                 libc::RENAME_NOREPLACE,
             )
         })();
+        if result.is_err() {
+            let _ = sys::unlinkat(upper.work(), &tmp, libc::AT_REMOVEDIR);
+        }
         match result {
-            Ok(()) => Ok(()),
             // Another request copied the same directory up first.
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let _ = sys::unlinkat(upper.work(), &tmp, libc::AT_REMOVEDIR);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = sys::unlinkat(upper.work(), &tmp, libc::AT_REMOVEDIR);
-                Err(e)
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other,
         }
-    }
-
-    /// The topmost lower layer holding `path`, and its stat there.
-    fn topmost_lower(&self, path: &RelPath) -> io::Result<(LayerId, Stat)> {
-        for id in UPPER + 1..self.stack.len() {
-            match self.stack.get(id).stat(path) {
-                Ok(st) => return Ok((id, st)),
-                Err(e) if is_absent(&e) || e.raw_os_error() == Some(libc::ELOOP) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Err(io::Error::from_raw_os_error(libc::ENOENT))
     }
 
     /// Copies `node` into the upper (a no-op when it is already there) and
@@ -177,14 +197,21 @@ impl Strata {
             return Ok(());
         }
         let upper = self.upper_or_erofs()?;
+        let (parent, name) = state
+            .path
+            .split_last()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.copy_up_dir_path(&parent)?;
         if node.kind == FileType::Directory {
-            self.copy_up_dir_path(&state.path)?;
+            match upper.layer.stat(&state.path) {
+                Ok(st) if st.is_dir() => {} // copied up as someone's ancestor
+                Ok(_) => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+                Err(e) if is_absent(&e) => {
+                    self.copy_dir_into_upper(state.top(), &state.stat, &parent, name)?
+                }
+                Err(e) => return Err(e),
+            }
         } else {
-            let (parent, name) = state
-                .path
-                .split_last()
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-            self.copy_up_dir_path(&parent)?;
             let src = state.top();
             let tmp = upper.tmp_name();
             let result = self.copy_non_dir(src, &state.stat, &tmp).and_then(|()| {

@@ -467,12 +467,25 @@ impl Strata {
         Ok(())
     }
 
-    /// A directory that exists only in the upper (or is opaque there) can
-    /// be renamed in place; one merged with lower layers needs a redirect,
-    /// which is not implemented yet: EXDEV, so `mv` copies it instead.
-    fn is_upper_only_dir(&self, parent: &Node, name: &OsStr) -> io::Result<bool> {
-        let state = self.stack.lookup(&self.dir_state(parent), name)?;
-        Ok(state.is_some_and(|s| s.origins.len() == 1 && s.origins[0].layer == UPPER))
+    /// Before a directory with lower content moves, records where its lower
+    /// content lives (an absolute redirect, as kernel overlayfs does with
+    /// `redirect_dir=on`), so lookups below keep finding it. Returns whether
+    /// a redirect was needed.
+    fn set_redirect(&self, dir: &Node) -> io::Result<bool> {
+        let state = dir.state().clone();
+        let Some(lower) = state.origins.iter().find(|o| o.layer != UPPER) else {
+            return Ok(false); // only in the upper: nothing to follow
+        };
+        let upper = self.upper_or_erofs()?;
+        let fd = upper.layer.dir_fd(&state.path)?;
+        let value = [b"/", lower.path.as_bytes()].concat();
+        match sys::fsetxattr_any(fd.as_fd(), c"trusted.overlay.redirect", &value, 0) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => {
+                sys::fsetxattr_any(fd.as_fd(), c"user.overlay.redirect", &value, 0)?
+            }
+            other => other?,
+        }
+        Ok(true)
     }
 
     /// `rename` and `renameat2` with RENAME_NOREPLACE or RENAME_EXCHANGE.
@@ -503,12 +516,6 @@ impl Strata {
         }
         let src_is_dir = src.kind == FileType::Directory;
         let dst_is_dir = dst.as_ref().is_some_and(|d| d.kind == FileType::Directory);
-        if src_is_dir && !self.is_upper_only_dir(&dir, name).map_err(errno)? {
-            return Err(Errno::EXDEV);
-        }
-        if exchange && dst_is_dir && !self.is_upper_only_dir(&new_dir, new_name).map_err(errno)? {
-            return Err(Errno::EXDEV);
-        }
         if !exchange && let Some(dst) = &dst {
             match (src_is_dir, dst_is_dir) {
                 (true, false) => return Err(Errno::ENOTDIR),
@@ -535,6 +542,13 @@ impl Strata {
         }
         self.copy_up(&dir).map_err(errno)?;
         self.copy_up(&new_dir).map_err(errno)?;
+        let src_redirected = src_is_dir && self.set_redirect(&src).map_err(errno)?;
+        if let Some(dst) = dst
+            .as_ref()
+            .filter(|d| exchange && d.kind == FileType::Directory)
+        {
+            self.set_redirect(dst).map_err(errno)?;
+        }
         let src_path = src.state().path.clone();
         let pfd = upper.dir_fd(&dir.state().path).map_err(errno)?;
         let npfd = upper.dir_fd(&new_dir.state().path).map_err(errno)?;
@@ -549,7 +563,8 @@ impl Strata {
                     libc::RENAME_EXCHANGE,
                 );
             }
-            if src_is_dir && dst_lower {
+            // A redirect already points the layers below elsewhere.
+            if src_is_dir && dst_lower && !src_redirected {
                 let fd = upper.layer.dir_fd(&src_path)?;
                 make_opaque(fd.as_fd())?;
             }
@@ -625,7 +640,8 @@ impl Strata {
                         to.join(OsStr::from_bytes(rest))
                     };
                     s.path = rebase(&s.path);
-                    for o in &mut s.origins {
+                    // Lower layers still hold the content at the old path.
+                    for o in s.origins.iter_mut().filter(|o| o.layer == UPPER) {
                         if o.path.as_bytes().starts_with(&prefix) {
                             o.path = rebase(&o.path);
                         }

@@ -39,6 +39,19 @@ pub const OPAQUE_XATTRS: [&CStr; 3] = [
     c"user.fuseoverlayfs.opaque",
 ];
 
+/// Xattrs holding a renamed directory's origin (kernel `redirect_dir`):
+/// an absolute path from the layer root, or a name in the same parent.
+pub const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
+
+/// What a directory in one layer says about the layers below it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirMarks {
+    /// Hides the same directory in every layer below.
+    pub opaque: bool,
+    /// Lower layers hold this directory's content at this path instead.
+    pub redirect: Option<Vec<u8>>,
+}
+
 /// True for names that belong to the whiteout format and are never shown.
 pub fn is_whiteout_name(name: &[u8]) -> bool {
     name.starts_with(WHITEOUT_PREFIX)
@@ -60,6 +73,22 @@ pub struct RelPath(Arc<CStr>);
 impl RelPath {
     pub fn root() -> RelPath {
         RelPath(Arc::from(c"."))
+    }
+
+    /// A path from `a/b/c` bytes; `None` unless every component is a real
+    /// name (no empty, `.` or `..` components, no NUL).
+    pub fn from_components(bytes: &[u8]) -> Option<RelPath> {
+        let bytes = bytes.strip_suffix(b"/").unwrap_or(bytes);
+        if bytes.is_empty()
+            || bytes
+                .split(|&b| b == b'/')
+                .any(|c| c.is_empty() || c == b"." || c == b".." || c.len() > NAME_MAX)
+        {
+            return None;
+        }
+        CString::new(bytes)
+            .ok()
+            .map(|c| RelPath(Arc::from(c.as_c_str())))
     }
 
     pub fn is_root(&self) -> bool {
@@ -230,8 +259,9 @@ pub trait Layer: Send + Sync + fmt::Debug {
     fn root_dev(&self) -> u64;
     /// What the layer holds under `name` in directory `dir`.
     fn probe(&self, dir: &RelPath, name: &OsStr) -> io::Result<Probe>;
-    /// Whether directory `dir` of this layer is opaque (hides layers below).
-    fn is_opaque_dir(&self, dir: &RelPath) -> io::Result<bool>;
+    /// Whether directory `dir` of this layer is opaque (hides the layers
+    /// below) and where it was renamed from.
+    fn dir_marks(&self, dir: &RelPath) -> io::Result<DirMarks>;
     /// The entries and whiteouts of directory `dir`.
     fn list(&self, dir: &RelPath) -> io::Result<Listing>;
     /// `lstat` of `path`.
@@ -368,27 +398,34 @@ impl Layer for DirLayer {
         })
     }
 
-    fn is_opaque_dir(&self, dir: &RelPath) -> io::Result<bool> {
+    fn dir_marks(&self, dir: &RelPath) -> io::Result<DirMarks> {
         let fd = self.open_dir(dir, libc::O_PATH)?;
-        if stat_in(&fd, &cstring(OsStr::from_bytes(OPAQUE_MARKER))?)?.is_some() {
-            return Ok(true);
-        }
+        let mut marks = DirMarks {
+            opaque: stat_in(&fd, &cstring(OsStr::from_bytes(OPAQUE_MARKER))?)?.is_some(),
+            redirect: None,
+        };
         let names = match sys::flistxattr(fd.as_fd()) {
             Ok(names) => names,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(marks),
             Err(e) => return Err(e),
         };
+        let has = |x: &CStr| names.split(|&b| b == 0).any(|n| n == x.to_bytes());
+        let read = |x: &CStr| match sys::fgetxattr(fd.as_fd(), x) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+            Err(e) => Err(e),
+        };
         for xattr in OPAQUE_XATTRS {
-            if names.split(|&b| b == 0).any(|n| n == xattr.to_bytes()) {
-                match sys::fgetxattr(fd.as_fd(), xattr) {
-                    Ok(v) if v == b"y" => return Ok(true),
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-                    Err(e) => return Err(e),
-                }
+            if !marks.opaque && has(xattr) && read(xattr)?.is_some_and(|v| v == b"y") {
+                marks.opaque = true;
             }
         }
-        Ok(false)
+        for xattr in REDIRECT_XATTRS {
+            if marks.redirect.is_none() && has(xattr) {
+                marks.redirect = read(xattr)?.filter(|v| !v.is_empty());
+            }
+        }
+        Ok(marks)
     }
 
     fn list(&self, dir: &RelPath) -> io::Result<Listing> {
@@ -624,8 +661,13 @@ mod tests {
                 ..
             }
         ));
-        assert!(layer.is_opaque_dir(&root.join(OsStr::new("dir"))).unwrap());
-        assert!(!layer.is_opaque_dir(&root).unwrap());
+        assert!(
+            layer
+                .dir_marks(&root.join(OsStr::new("dir")))
+                .unwrap()
+                .opaque
+        );
+        assert!(!layer.dir_marks(&root).unwrap().opaque);
         let listing = layer.list(&root).unwrap();
         let mut names: Vec<_> = listing.entries.iter().map(|e| e.name.clone()).collect();
         names.sort();

@@ -77,45 +77,86 @@ impl LayerStack {
     /// Resolves `name` inside the directory described by `parent`. `Ok(None)`
     /// means the name does not exist in the merged view.
     pub fn lookup(&self, parent: &NodeState, name: &OsStr) -> io::Result<Option<NodeState>> {
-        let path = parent.path.join(name);
+        // Where to look, layer by layer: `name` in each of the parent's
+        // origins, until a redirect says where the layers below keep it.
+        let mut candidates: Vec<Origin> = parent
+            .origins
+            .iter()
+            .map(|o| Origin {
+                layer: o.layer,
+                path: o.path.join(name),
+            })
+            .collect();
         let mut found: Option<NodeState> = None;
-        for origin in &parent.origins {
-            let layer = self.get(origin.layer);
-            let (stat, hides_lower) = match layer.probe(&origin.path, name)? {
+        let mut next = 0;
+        while let Some(here) = candidates.get(next).cloned() {
+            next += 1;
+            let layer = self.get(here.layer);
+            let Some((dir, leaf)) = here.path.split_last() else {
+                continue;
+            };
+            let (stat, hides_lower) = match layer.probe(&dir, leaf)? {
                 Probe::Absent => continue,
                 Probe::Whiteout => break,
                 Probe::Found { stat, hides_lower } => (stat, hides_lower),
             };
-            let here = Origin {
-                layer: origin.layer,
-                path: origin.path.join(name),
-            };
-            match &mut found {
-                None => {
-                    let is_dir = stat.is_dir();
-                    let stop = !is_dir || hides_lower || layer.is_opaque_dir(&here.path)?;
+            if !stat.is_dir() {
+                // A non-directory ends the search; below a directory it is ignored.
+                if found.is_none() {
                     found = Some(NodeState {
-                        path: path.clone(),
+                        path: parent.path.join(name),
                         origins: vec![here],
                         stat,
                     });
-                    if stop {
-                        break;
-                    }
                 }
-                Some(dir) => {
-                    if !stat.is_dir() {
-                        break;
-                    }
-                    let stop = hides_lower || layer.is_opaque_dir(&here.path)?;
-                    dir.origins.push(here);
-                    if stop {
-                        break;
-                    }
-                }
+                break;
+            }
+            let marks = layer.dir_marks(&here.path)?;
+            let dir_state = found.get_or_insert_with(|| NodeState {
+                path: parent.path.join(name),
+                origins: Vec::new(),
+                stat,
+            });
+            dir_state.origins.push(here.clone());
+            if hides_lower || marks.opaque {
+                break;
+            }
+            if let Some(redirect) = marks.redirect {
+                candidates.truncate(next);
+                candidates.extend(self.redirected(parent, here.layer, &redirect));
             }
         }
         Ok(found)
+    }
+
+    /// The places below `layer` that a redirect points to: an absolute path
+    /// in every lower layer, or a sibling name in the parent's lower origins.
+    /// A malformed redirect is ignored (no lower layers are merged).
+    fn redirected(&self, parent: &NodeState, layer: LayerId, redirect: &[u8]) -> Vec<Origin> {
+        if let Some(absolute) = redirect.strip_prefix(b"/") {
+            let Some(path) = RelPath::from_components(absolute) else {
+                return Vec::new();
+            };
+            (layer + 1..self.layers.len())
+                .map(|l| Origin {
+                    layer: l,
+                    path: path.clone(),
+                })
+                .collect()
+        } else {
+            if redirect.contains(&b'/') || RelPath::from_components(redirect).is_none() {
+                return Vec::new();
+            }
+            parent
+                .origins
+                .iter()
+                .filter(|o| o.layer > layer)
+                .map(|o| Origin {
+                    layer: o.layer,
+                    path: o.path.join(OsStr::from_bytes(redirect)),
+                })
+                .collect()
+        }
     }
 }
 

@@ -193,7 +193,7 @@ impl Strata {
     pub(crate) fn copy_up(&self, node: &Node) -> io::Result<()> {
         let _serialised = node.copy_up_lock.lock();
         let state = node.state().clone();
-        if state.top().layer == UPPER {
+        if state.top().layer == UPPER || state.detached {
             return Ok(());
         }
         let upper = self.upper_or_erofs()?;
@@ -211,6 +211,8 @@ impl Strata {
                 }
                 Err(e) => return Err(e),
             }
+        } else if self.uses_index(node, &state) {
+            self.copy_up_indexed(node, &state, &parent, name)?;
         } else {
             let src = state.top();
             let tmp = upper.tmp_name();
@@ -247,7 +249,7 @@ impl Strata {
     }
 
     /// Builds a copy of a lower non-directory as `tmp` in the workdir.
-    fn copy_non_dir(&self, src: &Origin, stat: &Stat, tmp: &CStr) -> io::Result<()> {
+    pub(crate) fn copy_non_dir(&self, src: &Origin, stat: &Stat, tmp: &CStr) -> io::Result<()> {
         let upper = self.upper_or_erofs()?;
         let layer = self.stack.get(src.layer);
         match stat.kind() {

@@ -215,6 +215,26 @@ impl Strata {
         Ok(self.stack.lookup(&lowers, name)?.is_some())
     }
 
+    /// One name of `node` is gone: a directory is deleted, a file has one
+    /// link fewer. `from_upper`: the name was an upper link (else a lower
+    /// name was whited out, and the upper inode keeps its links).
+    fn name_removed(&self, node: &Node, from_upper: bool) {
+        if node.kind == FileType::Directory {
+            node.update(|s| s.stat.nlink = 0);
+            return;
+        }
+        if from_upper {
+            node.update(|s| s.stat.nlink = s.stat.nlink.saturating_sub(1));
+        }
+        let state = node.state().clone();
+        let indexed = self.index.is_some() && (state.stat.nlink > 1 || !from_upper);
+        if indexed {
+            self.index_name_removed(node, !from_upper);
+        } else if !from_upper {
+            node.update(|s| s.stat.nlink = s.stat.nlink.saturating_sub(1));
+        }
+    }
+
     /// Re-reads a node's attributes from its top layer after a change.
     pub(crate) fn refresh(&self, node: &Node) {
         let state = node.state().clone();
@@ -227,8 +247,9 @@ impl Strata {
     /// Resolves `name` in `parent` afresh and caches the result.
     fn resolve_fresh(&self, parent: &Node, name: &OsStr) -> io::Result<Option<Arc<Node>>> {
         let state = self.stack.lookup(&self.dir_state(parent), name)?;
-        let node = state.map(|state| {
+        let node = state.map(|mut state| {
             let ino = self.inos.ino(state.stat.dev, state.stat.ino);
+            self.apply_index(ino, &mut state);
             let node = self
                 .nodes
                 .get(ino)
@@ -362,9 +383,15 @@ impl Strata {
         }
         self.copy_up(&node).map_err(errno)?;
         self.copy_up(&dir).map_err(errno)?;
-        let src_path = node.state().path.clone();
+        self.index_upper_file(&node).map_err(errno)?;
+        let state = node.state().clone();
+        // A detached node's own name is gone: link from its index entry.
+        let src_path = state.top().path.clone();
         let (src_dir, src_name) = src_path.split_last().ok_or(Errno::EINVAL)?;
-        let src_fd = upper.dir_fd(&src_dir).map_err(errno)?;
+        let src_fd = self
+            .writable_layer(state.top().layer)
+            .and_then(|l| l.dir_fd(&src_dir))
+            .map_err(errno)?;
         let pfd = upper.dir_fd(&dir.state().path).map_err(errno)?;
         let existing = upper_entry(pfd.as_fd(), name).map_err(errno)?;
         let tmp = upper.tmp_name();
@@ -451,13 +478,7 @@ impl Strata {
             make_whiteout(pfd.as_fd(), &cname)
         };
         result.map_err(errno)?;
-        node.update(|s| {
-            s.stat.nlink = if is_dir {
-                0
-            } else {
-                s.stat.nlink.saturating_sub(1)
-            }
-        });
+        self.name_removed(&node, in_upper);
         if !is_dir && node.state().top().layer == UPPER && node.state().stat.nlink > 0 {
             // Other names of the same upper inode remain.
             self.refresh(&node);
@@ -553,6 +574,10 @@ impl Strata {
         let pfd = upper.dir_fd(&dir.state().path).map_err(errno)?;
         let npfd = upper.dir_fd(&new_dir.state().path).map_err(errno)?;
         let (cname, cnew) = (cstr(name), cstr(new_name));
+        let dst_in_upper = matches!(
+            upper_entry(npfd.as_fd(), new_name).map_err(errno)?,
+            UpperEntry::Present { .. }
+        );
         let result = (|| -> io::Result<()> {
             if exchange {
                 return sys::renameat2(
@@ -600,13 +625,7 @@ impl Strata {
         })();
         result.map_err(errno)?;
         if let Some(dst) = dst.as_ref().filter(|_| !exchange) {
-            dst.update(|s| {
-                s.stat.nlink = if dst_is_dir {
-                    0
-                } else {
-                    s.stat.nlink.saturating_sub(1)
-                }
-            });
+            self.name_removed(dst, dst_in_upper);
         }
         if src_is_dir {
             self.move_descendants(&src_path, &new_dir.state().path.join(new_name));

@@ -169,16 +169,17 @@ impl Strata {
     /// chmod, chown, truncate and utimens, after copying the node up.
     pub(crate) fn set_attr(&self, node: &Node, change: AttrChange) -> Result<(), Errno> {
         self.copy_up(node).map_err(errno)?;
-        let path = node.state().top().path.clone();
-        let upper = self.upper_or_erofs().map_err(errno)?;
-        let fd = upper.layer.open_path(&path).map_err(errno)?;
+        let top = node.state().top().clone();
+        let layer = self.writable_layer(top.layer).map_err(errno)?;
+        let path = top.path;
+        let fd = layer.open_path(&path).map_err(errno)?;
         if let Some(size) = change.size {
             if node.kind == FileType::Directory {
                 return Err(Errno::EISDIR);
             }
             let writable = match change.fh.and_then(|fh| self.files.get(fh)) {
                 Some(file) if file.on_upper.load(Ordering::Acquire) => file.fd(),
-                _ => Arc::new(Layer::open(&*upper.layer, &path, libc::O_WRONLY).map_err(errno)?),
+                _ => Arc::new(Layer::open(layer, &path, libc::O_WRONLY).map_err(errno)?),
             };
             sys::ftruncate(writable.as_fd(), size).map_err(errno)?;
         }

@@ -21,6 +21,7 @@ use crate::copy_up::Upper;
 use crate::dcache::DentryCache;
 use crate::dir::{Creator, NewObject};
 use crate::file::{AttrChange, HandleTable, OpenDir, OpenFile};
+use crate::index::Index;
 use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
 use crate::layer::{DirLayer, Layer};
 use crate::lookup::LayerStack;
@@ -56,6 +57,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86_400);
 pub struct Strata {
     pub(crate) stack: LayerStack,
     pub(crate) upper: Option<Upper>,
+    /// Hard links kept through copy-up (with an upper only).
+    pub(crate) index: Option<Index>,
     pub(crate) inos: InoMap,
     pub(crate) nodes: InodeTable,
     pub(crate) dcache: DentryCache,
@@ -91,17 +94,28 @@ impl Strata {
             .iter()
             .map(|p| Ok(open(p)? as Arc<dyn Layer>))
             .collect::<io::Result<Vec<_>>>()?;
-        let stack = LayerStack::new(
+        let mut stack = LayerStack::new(
             upper.as_ref().map(|u| u.layer.clone() as Arc<dyn Layer>),
             lowers,
         );
         let inos = InoMap::new(stack.iter().map(|l| l.root_dev()));
+        let index = match &upper {
+            Some(u) => {
+                let layer = Arc::new(Index::open(u.work_layer())?);
+                let id = stack.add_hidden(layer.clone());
+                let index = Index { layer, id };
+                index.register_all(&inos)?;
+                Some(index)
+            }
+            None => None,
+        };
         let nodes = InodeTable::default();
         let root = stack.root_state()?;
         nodes.pin(Arc::new(Node::new(ROOT_INO, ROOT_INO, root)));
         Ok(Strata {
             stack,
             upper,
+            index,
             inos,
             nodes,
             dcache: DentryCache::new(config.dcache_entries),

@@ -40,6 +40,12 @@ pub struct NodeState {
     pub origins: Vec<Origin>,
     /// `lstat` of `origins[0]`.
     pub stat: Stat,
+    /// Added to `stat.nlink` for the link count shown (hard links kept
+    /// through the index; see `index`).
+    pub nlink_bias: i64,
+    /// The name `path` was deleted while other links remain: the node is
+    /// served from its index entry, and writes go straight to it.
+    pub detached: bool,
 }
 
 impl NodeState {
@@ -94,7 +100,7 @@ impl Node {
         let nlink = if self.kind == FileType::Directory && state.origins.len() > 1 {
             1
         } else {
-            st.nlink.min(u32::MAX as u64) as u32
+            (st.nlink as i64 + state.nlink_bias).clamp(0, u32::MAX as i64) as u32
         };
         FileAttr {
             ino: INodeNo(self.ino),
@@ -317,6 +323,8 @@ mod tests {
                 path: RelPath::root(),
             }],
             stat: st,
+            nlink_bias: 0,
+            detached: false,
         };
         let a = Arc::new(Node::new(42, 1, state.clone()));
         let b = Arc::new(Node::new(42, 1, state));

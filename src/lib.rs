@@ -8,6 +8,7 @@
 //! | [`layer`] | one layer: its directory fd, relative syscalls, whiteout/opaque formats |
 //! | [`lookup`] | the layer stack and top-down name resolution |
 //! | [`copy_up`] | the upper layer and workdir; atomic copy-up of lower objects |
+//! | [`index`] | hard links that survive copy-up (kernel `index=on`) |
 //! | [`inode`] | the node table, lookup counts, inode numbers |
 //! | [`dcache`] | the sharded, bounded dentry cache (positive and negative) |
 //! | [`dir`] | namespace changes: create, link, unlink, rmdir, rename; whiteouts, opaque dirs |
@@ -24,6 +25,7 @@ pub mod dcache;
 pub mod dir;
 pub mod file;
 pub mod fs;
+pub mod index;
 pub mod inode;
 pub mod layer;
 pub mod lookup;

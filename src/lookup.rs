@@ -27,22 +27,36 @@ use crate::layer::{Layer, NAME_MAX, Probe, RelPath, is_whiteout_name};
 #[derive(Debug)]
 pub struct LayerStack {
     layers: Vec<Arc<dyn Layer>>,
+    /// Layers `0..merged` form the tree; any after them (the hard-link
+    /// index) are reached only through a node's origin.
+    merged: usize,
     has_upper: bool,
 }
 
 impl LayerStack {
     pub fn new(upper: Option<Arc<dyn Layer>>, lowers: Vec<Arc<dyn Layer>>) -> LayerStack {
         let has_upper = upper.is_some();
-        let layers = upper.into_iter().chain(lowers).collect();
-        LayerStack { layers, has_upper }
+        let layers: Vec<_> = upper.into_iter().chain(lowers).collect();
+        LayerStack {
+            merged: layers.len(),
+            layers,
+            has_upper,
+        }
+    }
+
+    /// Adds a layer outside the merged tree; returns its id.
+    pub fn add_hidden(&mut self, layer: Arc<dyn Layer>) -> LayerId {
+        self.layers.push(layer);
+        self.layers.len() - 1
     }
 
     pub fn get(&self, id: LayerId) -> &dyn Layer {
         self.layers[id].as_ref()
     }
 
+    /// The number of layers merged into the tree.
     pub fn len(&self) -> usize {
-        self.layers.len()
+        self.merged
     }
 
     pub fn is_empty(&self) -> bool {
@@ -53,8 +67,9 @@ impl LayerStack {
         self.has_upper
     }
 
+    /// The merged layers, top first.
     pub fn iter(&self) -> impl Iterator<Item = &dyn Layer> {
-        self.layers.iter().map(|l| l.as_ref())
+        self.layers[..self.merged].iter().map(|l| l.as_ref())
     }
 
     /// The root directory: every layer's root is merged into it. Like the
@@ -64,13 +79,15 @@ impl LayerStack {
         let stat = self.layers[0].stat(&root)?;
         Ok(NodeState {
             path: root.clone(),
-            origins: (0..self.layers.len())
+            origins: (0..self.merged)
                 .map(|layer| Origin {
                     layer,
                     path: root.clone(),
                 })
                 .collect(),
             stat,
+            nlink_bias: 0,
+            detached: false,
         })
     }
 
@@ -107,6 +124,8 @@ impl LayerStack {
                         path: parent.path.join(name),
                         origins: vec![here],
                         stat,
+                        nlink_bias: 0,
+                        detached: false,
                     });
                 }
                 break;
@@ -116,6 +135,8 @@ impl LayerStack {
                 path: parent.path.join(name),
                 origins: Vec::new(),
                 stat,
+                nlink_bias: 0,
+                detached: false,
             });
             dir_state.origins.push(here.clone());
             if hides_lower || marks.opaque {
@@ -137,7 +158,7 @@ impl LayerStack {
             let Some(path) = RelPath::from_components(absolute) else {
                 return Vec::new();
             };
-            (layer + 1..self.layers.len())
+            (layer + 1..self.merged)
                 .map(|l| Origin {
                     layer: l,
                     path: path.clone(),
@@ -203,9 +224,10 @@ impl Strata {
         }
         let dir_state = self.dir_state(&dir);
         let found = self.stack.lookup(&dir_state, name).map_err(errno)?;
-        let node = found.map(|state| {
+        let node = found.map(|mut state| {
             let top = &state.stat;
             let ino = self.inos.ino(top.dev, top.ino);
+            self.apply_index(ino, &mut state);
             // A hard link reached by another name: share the known node.
             self.nodes
                 .get(ino)

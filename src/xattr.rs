@@ -67,10 +67,10 @@ impl Strata {
         }
         let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         self.copy_up(node).map_err(errno)?;
-        let upper = self.upper_or_erofs().map_err(errno)?;
-        let fd = upper
-            .layer
-            .open_path(&node.state().top().path)
+        let top = node.state().top().clone();
+        let fd = self
+            .writable_layer(top.layer)
+            .and_then(|layer| layer.open_path(&top.path))
             .map_err(errno)?;
         match value {
             Some((value, flags)) => sys::fsetxattr_any(fd.as_fd(), &cname, value, flags),

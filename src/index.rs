@@ -1,0 +1,240 @@
+//! Hard links that survive copy-up (what kernel overlayfs does with
+//! `index=on`).
+//!
+//! A lower file with several names is copied up once, into
+//! `WORKDIR/strata-index/INO` (INO being the inode number strata shows for
+//! it); each of its names that is copied up afterwards becomes a hard link
+//! to that copy. A lower name not copied up yet resolves to the index entry
+//! too, so every name shows the same content and inode number, during the
+//! mount and after a remount.
+//!
+//! `st_nlink` counts the visible names: the index inode's real link count
+//! plus a bias kept in the internal xattr `user.strata.nlink` on it (the
+//! kernel keeps the same kind of number in `trusted.overlay.nlink`).
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use fuser::FileType;
+
+use crate::copy_up::UPPER;
+use crate::fs::Strata;
+use crate::inode::{InoMap, LayerId, Node, NodeState, Origin};
+use crate::layer::{DirLayer, Layer, RelPath, is_absent};
+use crate::sys;
+
+const INDEX_DIR: &CStr = c"strata-index";
+const NLINK_XATTR: &CStr = c"user.strata.nlink";
+
+/// The index directory, a layer outside the merged tree.
+#[derive(Debug)]
+pub struct Index {
+    pub layer: Arc<DirLayer>,
+    /// Its id in the layer stack.
+    pub id: LayerId,
+}
+
+impl Index {
+    /// Opens (creating it if needed) the index directory inside the workdir.
+    pub fn open(work: &DirLayer) -> io::Result<DirLayer> {
+        match sys::mkdirat(work.root_fd(), INDEX_DIR, 0o700) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+            _ => {}
+        }
+        DirLayer::from_fd(sys::openat2(
+            work.root_fd(),
+            INDEX_DIR,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_IN_LAYER,
+        )?)
+    }
+
+    /// The entry name of the inode shown as `ino`.
+    pub fn key(ino: u64) -> RelPath {
+        RelPath::root().join(OsStr::new(&format!("{ino:016x}")))
+    }
+
+    /// Teaches `inos` that every upper link of an index entry shows the
+    /// entry's inode number.
+    pub fn register_all(&self, inos: &InoMap) -> io::Result<()> {
+        for name in self.layer.raw_names(&RelPath::root())? {
+            let Some(ino) = std::str::from_utf8(name.as_bytes())
+                .ok()
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+            else {
+                continue;
+            };
+            let st = self.layer.stat(&RelPath::root().join(&name))?;
+            inos.alias(st.dev, st.ino, ino);
+        }
+        Ok(())
+    }
+
+    fn bias(&self, key: &RelPath) -> i64 {
+        self.layer
+            .get_xattr(key, NLINK_XATTR)
+            .ok()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn set_bias(&self, key: &RelPath, bias: i64) -> io::Result<()> {
+        let fd = self.layer.open_path(key)?;
+        sys::fsetxattr_any(fd.as_fd(), NLINK_XATTR, bias.to_string().as_bytes(), 0)
+    }
+}
+
+impl Strata {
+    /// Points a freshly resolved non-directory at its index entry when its
+    /// inode has one: a lower name is served from the entry, an upper link
+    /// of it gets the entry's link-count bias.
+    pub(crate) fn apply_index(&self, ino: u64, state: &mut NodeState) {
+        let Some(index) = &self.index else { return };
+        if state.stat.is_dir() || state.stat.nlink < 2 {
+            return;
+        }
+        let key = Index::key(ino);
+        let Ok(entry) = index.layer.stat(&key) else {
+            return;
+        };
+        if state.top().layer == UPPER {
+            if (entry.dev, entry.ino) != (state.stat.dev, state.stat.ino) {
+                return; // an unrelated upper file
+            }
+        } else {
+            state.origins = vec![Origin {
+                layer: index.id,
+                path: key.clone(),
+            }];
+            state.stat = entry;
+        }
+        state.nlink_bias = index.bias(&key);
+    }
+
+    /// Whether copying `node` up goes through the index.
+    pub(crate) fn uses_index(&self, node: &Node, state: &NodeState) -> bool {
+        match &self.index {
+            Some(index) => {
+                node.kind != FileType::Directory
+                    && (state.top().layer == index.id || state.stat.nlink > 1)
+            }
+            None => false,
+        }
+    }
+
+    /// Copies a lower hard link up through the index: the first name copies
+    /// the data into the index, every name becomes a link to it in the upper.
+    pub(crate) fn copy_up_indexed(
+        &self,
+        node: &Node,
+        state: &NodeState,
+        parent: &RelPath,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let index = self.index.as_ref().expect("uses_index checked");
+        let upper = self.upper_or_erofs()?;
+        let key = Index::key(node.ino);
+        let key_c = CString::new(key.as_bytes()).expect("hex");
+        let bias = match index.layer.stat(&key) {
+            Ok(_) => index.bias(&key) - 1, // one more name moves into the upper
+            Err(e) if is_absent(&e) => {
+                let tmp = upper.tmp_name();
+                let built = self
+                    .copy_non_dir(state.top(), &state.stat, &tmp)
+                    .and_then(|()| {
+                        sys::renameat2(
+                            upper.work(),
+                            &tmp,
+                            index.layer.root_fd(),
+                            &key_c,
+                            libc::RENAME_NOREPLACE,
+                        )
+                    });
+                if let Err(e) = built {
+                    let _ = sys::unlinkat(upper.work(), &tmp, 0);
+                    return Err(e);
+                }
+                // The entry and this name are 2 links; the lower has nlink names.
+                state.stat.nlink as i64 - 2
+            }
+            Err(e) => return Err(e),
+        };
+        index.set_bias(&key, bias)?;
+        let pfd = upper.dir_fd(parent)?;
+        let cname = CString::new(name.as_bytes()).expect("no NUL");
+        sys::linkat(index.layer.root_fd(), &key_c, pfd.as_fd(), &cname)?;
+        let entry = index.layer.stat(&key)?;
+        self.inos.alias(entry.dev, entry.ino, node.ino);
+        node.update(|s| s.nlink_bias = bias);
+        Ok(())
+    }
+
+    /// The name `node` was resolved by is gone (`lower_only`: it was a lower
+    /// name of an indexed inode, whited out). Other names may remain: the
+    /// node is then served from its index entry.
+    pub(crate) fn index_name_removed(&self, node: &Node, lower_only: bool) {
+        let Some(index) = &self.index else { return };
+        let key = Index::key(node.ino);
+        let Ok(entry) = index.layer.stat(&key) else {
+            return;
+        };
+        let mut bias = node.state().nlink_bias;
+        if lower_only {
+            bias -= 1;
+            if let Err(e) = index.set_bias(&key, bias) {
+                log::warn!("cannot update the link count of {key:?}: {e}");
+            }
+        }
+        node.update(|s| {
+            s.origins = vec![Origin {
+                layer: index.id,
+                path: key,
+            }];
+            s.stat = entry;
+            s.nlink_bias = bias;
+            s.detached = true;
+        });
+    }
+
+    /// Before an upper file gets a second name, gives it an index entry
+    /// (not counted as a name), so that any of its names can go first.
+    pub(crate) fn index_upper_file(&self, node: &Node) -> io::Result<()> {
+        let Some(index) = &self.index else {
+            return Ok(());
+        };
+        let key = Index::key(node.ino);
+        if index.layer.stat(&key).is_ok() {
+            return Ok(());
+        }
+        let upper = self.upper_or_erofs()?;
+        let path = node.state().top().path.clone();
+        let (dir, name) = path
+            .split_last()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let dfd = upper.dir_fd(&dir)?;
+        let key_c = CString::new(key.as_bytes()).expect("hex");
+        let name_c = CString::new(name.as_bytes()).expect("no NUL");
+        sys::linkat(dfd.as_fd(), &name_c, index.layer.root_fd(), &key_c)?;
+        index.set_bias(&key, -1)?;
+        node.update(|s| s.nlink_bias = -1);
+        Ok(())
+    }
+
+    /// The layer to change a node's object in: the upper, or the index for
+    /// a detached hard link.
+    pub(crate) fn writable_layer(&self, layer: LayerId) -> io::Result<&DirLayer> {
+        if layer == UPPER
+            && let Some(upper) = &self.upper
+        {
+            return Ok(&upper.layer);
+        }
+        match &self.index {
+            Some(index) if index.id == layer => Ok(&index.layer),
+            _ => Err(io::Error::from_raw_os_error(libc::EROFS)),
+        }
+    }
+}

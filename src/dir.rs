@@ -223,14 +223,12 @@ impl Strata {
             node.update(|s| s.stat.nlink = 0);
             return;
         }
+        // An upper link going away lowers the real link count; a whited-out
+        // lower name lowers the index bias, or else just what we show.
         if from_upper {
             node.update(|s| s.stat.nlink = s.stat.nlink.saturating_sub(1));
         }
-        let state = node.state().clone();
-        let indexed = self.index.is_some() && (state.stat.nlink > 1 || !from_upper);
-        if indexed {
-            self.index_name_removed(node, !from_upper);
-        } else if !from_upper {
+        if !self.index_name_removed(node, !from_upper) && !from_upper {
             node.update(|s| s.stat.nlink = s.stat.nlink.saturating_sub(1));
         }
     }

@@ -176,11 +176,14 @@ impl Strata {
     /// The name `node` was resolved by is gone (`lower_only`: it was a lower
     /// name of an indexed inode, whited out). Other names may remain: the
     /// node is then served from its index entry.
-    pub(crate) fn index_name_removed(&self, node: &Node, lower_only: bool) {
-        let Some(index) = &self.index else { return };
+    /// Returns whether the inode has an index entry.
+    pub(crate) fn index_name_removed(&self, node: &Node, lower_only: bool) -> bool {
+        let Some(index) = &self.index else {
+            return false;
+        };
         let key = Index::key(node.ino);
         let Ok(entry) = index.layer.stat(&key) else {
-            return;
+            return false;
         };
         let mut bias = node.state().nlink_bias;
         if lower_only {
@@ -198,6 +201,7 @@ impl Strata {
             s.nlink_bias = bias;
             s.detached = true;
         });
+        true
     }
 
     /// Before an upper file gets a second name, gives it an index entry

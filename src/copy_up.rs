@@ -160,7 +160,7 @@ impl Strata {
         let upper = self.upper_or_erofs()?;
         let tmp = upper.tmp_name();
         sys::mkdirat(upper.work(), &tmp, 0o700)?;
-        let result = (|| {
+        let result = (|| -> io::Result<()> {
             let fd = sys::openat2(
                 upper.work(),
                 &tmp,
@@ -170,13 +170,21 @@ impl Strata {
             )?;
             copy_metadata(self.stack.get(src.layer), &src.path, stat, fd.as_fd())?;
             let pfd = upper.dir_fd(parent)?;
-            sys::renameat2(
-                upper.work(),
-                &tmp,
-                pfd.as_fd(),
-                &name_cstr(name),
-                libc::RENAME_NOREPLACE,
-            )
+            keeping_times(pfd.as_fd(), || {
+                sys::renameat2(
+                    upper.work(),
+                    &tmp,
+                    pfd.as_fd(),
+                    &name_cstr(name),
+                    libc::RENAME_NOREPLACE,
+                )
+            })?;
+            // Readdir of the parent now reports the upper copy's inode:
+            // keep showing the number the directory had.
+            let copy = sys::fstat(fd.as_fd())?;
+            self.inos
+                .alias(copy.st_dev, copy.st_ino, self.inos.ino(stat.dev, stat.ino));
+            Ok(())
         })();
         if result.is_err() {
             let _ = sys::unlinkat(upper.work(), &tmp, libc::AT_REMOVEDIR);
@@ -218,13 +226,15 @@ impl Strata {
             let tmp = upper.tmp_name();
             let result = self.copy_non_dir(src, &state.stat, &tmp).and_then(|()| {
                 let pfd = upper.dir_fd(&parent)?;
-                sys::renameat2(
-                    upper.work(),
-                    &tmp,
-                    pfd.as_fd(),
-                    &name_cstr(name),
-                    libc::RENAME_NOREPLACE,
-                )
+                keeping_times(pfd.as_fd(), || {
+                    sys::renameat2(
+                        upper.work(),
+                        &tmp,
+                        pfd.as_fd(),
+                        &name_cstr(name),
+                        libc::RENAME_NOREPLACE,
+                    )
+                })
             });
             if let Err(e) = result {
                 let _ = sys::unlinkat(upper.work(), &tmp, 0);
@@ -279,6 +289,18 @@ impl Strata {
             }
         }
     }
+}
+
+/// Runs `change` in directory `dir` and then restores the directory's
+/// atime and mtime: a copy-up is no change in the merged view, so its
+/// parent keeps its times (as in kernel overlayfs).
+pub(crate) fn keeping_times(
+    dir: BorrowedFd<'_>,
+    change: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    let before: Stat = sys::fstat(dir)?.into();
+    change()?;
+    sys::futimens_any(dir, Some(Some(before.atime)), Some(Some(before.mtime)))
 }
 
 fn open_path_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {

@@ -314,6 +314,10 @@ impl Strata {
                     (None, Some(mode), true)
                 }
                 NewObject::Special { mode, rdev } => {
+                    if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                        // It would read back as a whiteout (the kernel refuses too).
+                        return Err(io::Error::from_raw_os_error(libc::EPERM));
+                    }
                     sys::mknodat(work, &tmp, mode, rdev)?;
                     (None, Some(mode), false)
                 }

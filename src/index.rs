@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use fuser::FileType;
 
-use crate::copy_up::UPPER;
+use crate::copy_up::{UPPER, keeping_times};
 use crate::fs::Strata;
 use crate::inode::{InoMap, LayerId, Node, NodeState, Origin};
 use crate::layer::{DirLayer, Layer, RelPath, is_absent};
@@ -118,8 +118,10 @@ impl Strata {
     /// Whether copying `node` up goes through the index.
     pub(crate) fn uses_index(&self, node: &Node, state: &NodeState) -> bool {
         match &self.index {
+            // Regular files only: the link count lives in a user.* xattr,
+            // which symlinks and special files cannot carry.
             Some(index) => {
-                node.kind != FileType::Directory
+                node.kind == FileType::RegularFile
                     && (state.top().layer == index.id || state.stat.nlink > 1)
             }
             None => false,
@@ -166,7 +168,9 @@ impl Strata {
         index.set_bias(&key, bias)?;
         let pfd = upper.dir_fd(parent)?;
         let cname = CString::new(name.as_bytes()).expect("no NUL");
-        sys::linkat(index.layer.root_fd(), &key_c, pfd.as_fd(), &cname)?;
+        keeping_times(pfd.as_fd(), || {
+            sys::linkat(index.layer.root_fd(), &key_c, pfd.as_fd(), &cname)
+        })?;
         let entry = index.layer.stat(&key)?;
         self.inos.alias(entry.dev, entry.ino, node.ino);
         node.update(|s| s.nlink_bias = bias);
@@ -211,7 +215,7 @@ impl Strata {
             return Ok(());
         };
         let key = Index::key(node.ino);
-        if index.layer.stat(&key).is_ok() {
+        if node.kind != FileType::RegularFile || index.layer.stat(&key).is_ok() {
             return Ok(());
         }
         let upper = self.upper_or_erofs()?;

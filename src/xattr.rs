@@ -66,6 +66,15 @@ impl Strata {
             return Err(Errno::EPERM);
         }
         let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        if value.is_none() {
+            // Like the kernel: removing what is not there copies nothing up.
+            let state = node.state().clone();
+            let top = state.top();
+            self.stack
+                .get(top.layer)
+                .get_xattr(&top.path, &cname)
+                .map_err(errno)?;
+        }
         self.copy_up(node).map_err(errno)?;
         let top = node.state().top().clone();
         let fd = self

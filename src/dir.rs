@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use fuser::{Errno, FileType, INodeNo};
 
-use crate::copy_up::{UPPER, Upper, remove_tree};
+use crate::copy_up::{UPPER, Upper, keeping_times, remove_tree};
 use crate::dcache::Dentry;
 use crate::fs::{Strata, errno};
 use crate::inode::{Node, NodeState};
 use crate::layer::{
-    NAME_MAX, OPAQUE_MARKER, RelPath, WHITEOUT_PREFIX, is_absent, is_whiteout_name,
+    Layer, NAME_MAX, OPAQUE_MARKER, RelPath, WHITEOUT_PREFIX, is_absent, is_whiteout_name,
     whiteout_name_for,
 };
 use crate::readdir::merged_listing;
@@ -218,7 +218,7 @@ impl Strata {
     /// One name of `node` is gone: a directory is deleted, a file has one
     /// link fewer. `from_upper`: the name was an upper link (else a lower
     /// name was whited out, and the upper inode keeps its links).
-    fn name_removed(&self, node: &Node, from_upper: bool) {
+    fn name_removed(&self, node: &Node, from_upper: bool, dir: &Node, name: &OsStr) {
         if node.kind == FileType::Directory {
             node.update(|s| s.stat.nlink = 0);
             return;
@@ -228,9 +228,82 @@ impl Strata {
         if from_upper {
             node.update(|s| s.stat.nlink = s.stat.nlink.saturating_sub(1));
         }
-        if !self.index_name_removed(node, !from_upper) && !from_upper {
+        let indexed = self.index_name_removed(node, !from_upper);
+        if !indexed && !from_upper {
             node.update(|s| s.stat.nlink = s.stat.nlink.saturating_sub(1));
         }
+        let state = node.state().clone();
+        if from_upper && !indexed && state.stat.nlink == 0 && state.top().layer == UPPER {
+            // Its inode number is free for the upper filesystem to reuse.
+            self.inos.unalias(state.stat.dev, state.stat.ino);
+        }
+        node.remove_name(dir.ino, name);
+        if state.path == dir.state().path.join(name) && !state.detached {
+            // The node's own name is gone: follow another of its names that
+            // still is this inode, else serve it from its index entry.
+            if !self.follow_other_name(node) {
+                self.detach_to_index(node);
+            }
+        }
+    }
+
+    /// Points `node` at another known name of it; false if none is left.
+    fn follow_other_name(&self, node: &Node) -> bool {
+        while let Some((parent, name)) = node.first_name() {
+            let resolved = self
+                .nodes
+                .get(parent)
+                .and_then(|p| Some((self.stack.lookup(&self.dir_state(&p), &name).ok()??, p)));
+            if let Some((mut state, p)) = resolved
+                && self.inos.ino(state.stat.dev, state.stat.ino) == node.ino
+            {
+                self.apply_index(node.ino, &mut state);
+                node.update(|s| *s = state);
+                node.set_parent(p.ino);
+                return true;
+            }
+            node.remove_name(parent, &name); // no longer one of its names
+        }
+        false
+    }
+
+    /// Makes sure `name` in `dir` (one of `node`'s names) is in the upper.
+    /// For most nodes that is copying the node up; a hard-linked node shared
+    /// by several names may have been copied up through another name.
+    fn ensure_name_in_upper(&self, node: &Node, dir: &Node, name: &OsStr) -> io::Result<()> {
+        let upper = self.upper_or_erofs()?;
+        let dir_path = dir.state().path.clone();
+        let state = node.state().clone();
+        if state.path == dir_path.join(name) {
+            return self.copy_up(node);
+        }
+        let pfd = upper.dir_fd(&dir_path)?;
+        if matches!(upper_entry(pfd.as_fd(), name)?, UpperEntry::Present { .. }) {
+            return Ok(());
+        }
+        if self.uses_index(node, &state) {
+            return self.copy_up_indexed(node, &state, &dir_path, name);
+        }
+        // Not indexable (a hard-linked symlink or special file): copy this
+        // name's own lower object.
+        let own = self
+            .stack
+            .lookup(&self.dir_state(dir), name)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let tmp = upper.tmp_name();
+        self.copy_non_dir(own.top(), &own.stat, &tmp)?;
+        keeping_times(pfd.as_fd(), || {
+            sys::renameat2(
+                upper.work(),
+                &tmp,
+                pfd.as_fd(),
+                &cstr(name),
+                libc::RENAME_NOREPLACE,
+            )
+        })
+        .inspect_err(|_| {
+            let _ = sys::unlinkat(upper.work(), &tmp, 0);
+        })
     }
 
     /// Re-reads a node's attributes from its top layer after a change.
@@ -253,6 +326,8 @@ impl Strata {
                 .get(ino)
                 .unwrap_or_else(|| Arc::new(Node::new(ino, parent.ino, state.clone())));
             node.update(|s| *s = state);
+            node.set_parent(parent.ino);
+            node.add_name(parent.ino, name);
             node
         });
         let dentry = node.clone().map_or(Dentry::Negative, Dentry::Positive);
@@ -359,6 +434,11 @@ impl Strata {
             return Err(errno(e));
         }
         self.refresh(&dir);
+        // A brand-new inode: a number the upper filesystem reused must not
+        // keep an alias of the object that had it before.
+        if let Ok(st) = upper.layer.stat(&dir_state.path.join(name)) {
+            self.inos.unalias(st.dev, st.ino);
+        }
         let node = self
             .resolve_fresh(&dir, name)
             .map_err(errno)?
@@ -406,6 +486,11 @@ impl Strata {
         self.refresh(&dir);
         self.dcache
             .insert(dir.ino, name, Dentry::Positive(node.clone()));
+        // Both names are known from now on (the node had one link before).
+        if let Some((_, own)) = node.state().path.split_last() {
+            node.add_name(node.parent(), own);
+        }
+        node.add_name(dir.ino, name);
         Ok(node)
     }
 
@@ -480,7 +565,7 @@ impl Strata {
             make_whiteout(pfd.as_fd(), &cname)
         };
         result.map_err(errno)?;
-        self.name_removed(&node, in_upper);
+        self.name_removed(&node, in_upper, &dir, name);
         if !is_dir && node.state().top().layer == UPPER && node.state().stat.nlink > 0 {
             // Other names of the same upper inode remain.
             self.refresh(&node);
@@ -494,14 +579,27 @@ impl Strata {
     /// content lives (an absolute redirect, as kernel overlayfs does with
     /// `redirect_dir=on`), so lookups below keep finding it. Returns whether
     /// a redirect was needed.
-    fn set_redirect(&self, dir: &Node) -> io::Result<bool> {
+    /// Like the kernel, a move within one directory records just the old
+    /// name, any other move the absolute lower path, which may be at most
+    /// `REDIRECT_MAX` bytes long (else EXDEV, and `mv` copies instead).
+    fn set_redirect(&self, dir: &Node, same_parent: bool) -> io::Result<bool> {
+        const REDIRECT_MAX: usize = 256;
         let state = dir.state().clone();
         let Some(lower) = state.origins.iter().find(|o| o.layer != UPPER) else {
             return Ok(false); // only in the upper: nothing to follow
         };
+        let name = state.path.split_last().map(|(_, n)| n.as_bytes().to_vec());
+        let lower_name = lower.path.split_last().map(|(_, n)| n.as_bytes().to_vec());
+        let value = if same_parent && name == lower_name {
+            lower_name.unwrap_or_default()
+        } else {
+            [b"/", lower.path.as_bytes()].concat()
+        };
+        if value.len() >= REDIRECT_MAX {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
         let upper = self.upper_or_erofs()?;
         let fd = upper.layer.dir_fd(&state.path)?;
-        let value = [b"/", lower.path.as_bytes()].concat();
         match sys::fsetxattr_any(fd.as_fd(), c"trusted.overlay.redirect", &value, 0) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => {
                 sys::fsetxattr_any(fd.as_fd(), c"user.overlay.redirect", &value, 0)?
@@ -553,26 +651,42 @@ impl Strata {
                 _ => {}
             }
         }
-        let src_needs_whiteout =
-            !exchange && self.lower_has(&self.dir_state(&dir), name).map_err(errno)?;
-        // A directory landing on a name that lower layers hold must hide them.
+        let src_lower = self.lower_has(&self.dir_state(&dir), name).map_err(errno)?;
+        let src_needs_whiteout = !exchange && src_lower;
         let dst_lower = self
             .lower_has(&self.dir_state(&new_dir), new_name)
             .map_err(errno)?;
-        self.copy_up(&src).map_err(errno)?;
-        if let Some(dst) = dst.as_ref().filter(|_| exchange) {
-            self.copy_up(dst).map_err(errno)?;
-        }
+        let merged = |d: &Node| self.dir_state(d).origins.iter().any(|o| o.layer != UPPER);
+        let (old_parent_merged, new_parent_merged) = (merged(&dir), merged(&new_dir));
         self.copy_up(&dir).map_err(errno)?;
         self.copy_up(&new_dir).map_err(errno)?;
-        let src_redirected = src_is_dir && self.set_redirect(&src).map_err(errno)?;
-        if let Some(dst) = dst
-            .as_ref()
-            .filter(|d| exchange && d.kind == FileType::Directory)
-        {
-            self.set_redirect(dst).map_err(errno)?;
+        self.ensure_name_in_upper(&src, &dir, name).map_err(errno)?;
+        if let Some(dst) = dst.as_ref().filter(|_| exchange) {
+            self.ensure_name_in_upper(dst, &new_dir, new_name)
+                .map_err(errno)?;
         }
-        let src_path = src.state().path.clone();
+        let same_parent = dir.ino == new_dir.ino;
+        let src_redirected = src_is_dir && self.set_redirect(&src, same_parent).map_err(errno)?;
+        let dst_redirected = match dst.as_ref().filter(|_| exchange && dst_is_dir) {
+            Some(dst) => self.set_redirect(dst, same_parent).map_err(errno)?,
+            None => false,
+        };
+        // Like the kernel: a directory with no lower content that moves into
+        // a merged directory, or onto a name lower layers hold, is made
+        // opaque, so no lower directory can ever merge into it there.
+        if src_is_dir && !src_redirected && (dst_lower || new_parent_merged) {
+            let fd = upper.layer.dir_fd(&src.state().path).map_err(errno)?;
+            make_opaque(fd.as_fd()).map_err(errno)?;
+        }
+        if let Some(dst) = dst.as_ref().filter(|_| exchange && dst_is_dir)
+            && !dst_redirected
+            && (src_lower || old_parent_merged)
+        {
+            let fd = upper.layer.dir_fd(&dst.state().path).map_err(errno)?;
+            make_opaque(fd.as_fd()).map_err(errno)?;
+        }
+        // The name being moved (a hard-linked node may have another path).
+        let src_path = dir.state().path.join(name);
         let pfd = upper.dir_fd(&dir.state().path).map_err(errno)?;
         let npfd = upper.dir_fd(&new_dir.state().path).map_err(errno)?;
         let (cname, cnew) = (cstr(name), cstr(new_name));
@@ -589,11 +703,6 @@ impl Strata {
                     &cnew,
                     libc::RENAME_EXCHANGE,
                 );
-            }
-            // A redirect already points the layers below elsewhere.
-            if src_is_dir && dst_lower && !src_redirected {
-                let fd = upper.layer.dir_fd(&src_path)?;
-                make_opaque(fd.as_fd())?;
             }
             let target = upper_entry(npfd.as_fd(), new_name)?;
             match target {
@@ -627,10 +736,29 @@ impl Strata {
         })();
         result.map_err(errno)?;
         if let Some(dst) = dst.as_ref().filter(|_| !exchange) {
-            self.name_removed(dst, dst_in_upper);
+            self.name_removed(dst, dst_in_upper, &new_dir, new_name);
         }
+        let dst_path = new_dir.state().path.join(new_name);
+        let mut moves = Vec::new();
         if src_is_dir {
-            self.move_descendants(&src_path, &new_dir.state().path.join(new_name));
+            moves.push((src_path.clone(), dst_path.clone()));
+        }
+        if exchange && dst_is_dir {
+            moves.push((dst_path, src_path));
+        }
+        if !moves.is_empty() {
+            self.move_descendants(&moves);
+        }
+        if !src_is_dir {
+            src.remove_name(dir.ino, name);
+            src.add_name(new_dir.ino, new_name);
+        }
+        if let Some(dst) = dst
+            .as_ref()
+            .filter(|d| exchange && d.kind != FileType::Directory)
+        {
+            dst.remove_name(new_dir.ino, new_name);
+            dst.add_name(dir.ino, name);
         }
         self.dcache.invalidate(dir.ino, name);
         self.dcache.invalidate(new_dir.ino, new_name);
@@ -643,28 +771,31 @@ impl Strata {
         Ok(())
     }
 
-    /// After a directory moved from `from` to `to`, points every known node
-    /// below it at its new path. Forgotten nodes may linger in the dentry
-    /// cache with old paths, so the cache is dropped (directory renames are
-    /// rare).
-    fn move_descendants(&self, from: &RelPath, to: &RelPath) {
-        let prefix = [from.as_bytes(), b"/"].concat();
+    /// After directories moved (`from` → `to`, several at once for an
+    /// exchange), points every known node below them at its new path. Lower
+    /// layers still hold their content at the old paths, so only the merged
+    /// path and upper origins change. Forgotten nodes may linger in the
+    /// dentry cache with old paths, so the cache is dropped (directory
+    /// renames are rare).
+    fn move_descendants(&self, moves: &[(RelPath, RelPath)]) {
+        let prefixes: Vec<(Vec<u8>, &RelPath)> = moves
+            .iter()
+            .map(|(from, to)| ([from.as_bytes(), b"/"].concat(), to))
+            .collect();
+        let rebase = |p: &RelPath| -> Option<RelPath> {
+            prefixes.iter().find_map(|(prefix, to)| {
+                let rest = p.as_bytes().strip_prefix(prefix.as_slice())?;
+                Some(to.join(OsStr::from_bytes(rest)))
+            })
+        };
         self.nodes.for_each(|node| {
-            let moved = {
-                let state = node.state();
-                state.path.as_bytes().starts_with(&prefix)
-            };
-            if moved {
+            let new_path = rebase(&node.state().path);
+            if let Some(new_path) = new_path {
                 node.update(|s| {
-                    let rebase = |p: &RelPath| {
-                        let rest = &p.as_bytes()[prefix.len()..];
-                        to.join(OsStr::from_bytes(rest))
-                    };
-                    s.path = rebase(&s.path);
-                    // Lower layers still hold the content at the old path.
+                    s.path = new_path;
                     for o in s.origins.iter_mut().filter(|o| o.layer == UPPER) {
-                        if o.path.as_bytes().starts_with(&prefix) {
-                            o.path = rebase(&o.path);
+                        if let Some(p) = rebase(&o.path) {
+                            o.path = p;
                         }
                     }
                 });

@@ -177,11 +177,30 @@ impl Strata {
         Ok(())
     }
 
-    /// The name `node` was resolved by is gone (`lower_only`: it was a lower
-    /// name of an indexed inode, whited out). Other names may remain: the
-    /// node is then served from its index entry.
+    /// A name of an indexed inode is gone; `lower_only`: it was a lower name
+    /// (whited out), so the upper inode keeps its links and the bias drops.
     /// Returns whether the inode has an index entry.
     pub(crate) fn index_name_removed(&self, node: &Node, lower_only: bool) -> bool {
+        let Some(index) = &self.index else {
+            return false;
+        };
+        let key = Index::key(node.ino);
+        if index.layer.stat(&key).is_err() {
+            return false;
+        }
+        if lower_only {
+            let bias = node.state().nlink_bias - 1;
+            if let Err(e) = index.set_bias(&key, bias) {
+                log::warn!("cannot update the link count of {key:?}: {e}");
+            }
+            node.update(|s| s.nlink_bias = bias);
+        }
+        true
+    }
+
+    /// The name in a node's path is gone and no other name of it is known:
+    /// serve it from its index entry. Returns false without one.
+    pub(crate) fn detach_to_index(&self, node: &Node) -> bool {
         let Some(index) = &self.index else {
             return false;
         };
@@ -189,20 +208,12 @@ impl Strata {
         let Ok(entry) = index.layer.stat(&key) else {
             return false;
         };
-        let mut bias = node.state().nlink_bias;
-        if lower_only {
-            bias -= 1;
-            if let Err(e) = index.set_bias(&key, bias) {
-                log::warn!("cannot update the link count of {key:?}: {e}");
-            }
-        }
         node.update(|s| {
             s.origins = vec![Origin {
                 layer: index.id,
                 path: key,
             }];
             s.stat = entry;
-            s.nlink_bias = bias;
             s.detached = true;
         });
         true

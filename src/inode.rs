@@ -7,6 +7,7 @@
 //! comes from the same layer). The FUSE node id *is* the inode number: that
 //! is what `stat` shows.
 
+use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -64,6 +65,9 @@ pub struct Node {
     state: RwLock<NodeState>,
     /// Held while the node is copied up, so two requests never copy it twice.
     pub copy_up_lock: Mutex<()>,
+    /// The (directory, name) pairs a hard-linked node was found under, so
+    /// it can move to another one when the name in its path is deleted.
+    names: Mutex<Vec<(u64, OsString)>>,
 }
 
 impl Node {
@@ -75,6 +79,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
+            names: Mutex::new(Vec::new()),
         }
     }
 
@@ -84,6 +89,34 @@ impl Node {
 
     pub fn state(&self) -> RwLockReadGuard<'_, NodeState> {
         self.state.read()
+    }
+
+    /// Remembers that this node has the name `name` in directory `parent`
+    /// (kept only for nodes with several links).
+    pub fn add_name(&self, parent: u64, name: &OsStr) {
+        if self.kind == FileType::Directory || self.state.read().stat.nlink < 2 {
+            return;
+        }
+        let mut names = self.names.lock();
+        if !names.iter().any(|(p, n)| *p == parent && n == name) {
+            names.push((parent, name.to_os_string()));
+        }
+    }
+
+    /// Forgets a name that no longer is this node's.
+    pub fn remove_name(&self, parent: u64, name: &OsStr) {
+        self.names
+            .lock()
+            .retain(|(p, n)| !(*p == parent && n == name));
+    }
+
+    /// One known name of the node, if any.
+    pub fn first_name(&self) -> Option<(u64, OsString)> {
+        self.names.lock().first().cloned()
+    }
+
+    pub fn set_parent(&self, parent: u64) {
+        self.parent.store(parent, Ordering::Relaxed);
     }
 
     /// Changes the node's state in place (every holder of the node sees it).
@@ -216,6 +249,12 @@ impl InoMap {
     /// Makes the object (dev, real) show as `ino` from now on.
     pub fn alias(&self, dev: u64, real: u64, ino: u64) {
         self.aliases.insert((dev, real), ino);
+    }
+
+    /// Forgets an alias: the object is gone and its inode number may be
+    /// given to a new one.
+    pub fn unalias(&self, dev: u64, real: u64) {
+        self.aliases.remove(&(dev, real));
     }
 
     fn dev_index(&self, dev: u64) -> (usize, usize) {

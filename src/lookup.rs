@@ -238,6 +238,9 @@ impl Strata {
             None => Dentry::Negative,
         };
         self.dcache.insert(parent.0, name, dentry);
+        if let Some(n) = &node {
+            n.add_name(parent.0, name);
+        }
         Ok(node)
     }
 }

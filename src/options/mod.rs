@@ -773,7 +773,7 @@ mount options (passed to the kernel):
     subtype=NAME           shown as the type fuse.NAME in /proc/mounts
     max_read=BYTES         largest read request
 
-As root the defaults are default_permissions,allow_other,suid (nosuid and
-allow_root override them). Unknown options are ignored with a warning.
+As root the defaults are default_permissions,allow_other,suid,dev (nosuid,
+nodev and allow_root override them). Unknown options are ignored with a warning.
 "
 }

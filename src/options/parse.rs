@@ -16,7 +16,7 @@ use super::*;
 /// Pure: nothing outside `args` and `is_root` is consulted, and no input
 /// makes it panic. `--help` / `--version` win as soon as they are met,
 /// left to right. As root the mount options start from
-/// `default_permissions,allow_other,suid`.
+/// `default_permissions,allow_other,suid,dev`.
 ///
 /// For example `["-o", "lowerdir=/l2:/l1", "overlay", "/mnt"]` gives a
 /// read-only [`Command::Mount`] of `/l2` over `/l1` at `/mnt`.
@@ -95,6 +95,8 @@ pub(super) fn build_config(raw: &RawArgs, is_root: bool) -> Result<Config, Optio
             FuseOption::DefaultPermissions,
             FuseOption::AllowOther,
             FuseOption::Suid,
+            // Like a kernel overlay mount: device nodes in the layers work.
+            FuseOption::Dev,
         ] {
             set_fuse_option(&mut config.fuse_options, option);
         }

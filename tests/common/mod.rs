@@ -29,6 +29,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tempfile::TempDir;
 
+pub mod ops;
+pub mod upper;
+#[allow(unused_imports)] // not every test binary uses them
+pub use ops::*;
+#[allow(unused_imports)]
+pub use upper::*;
+
 // ===================================================================== limits
 
 /// How long a mount command (strata daemonizing, `mount -t overlay`) may take.
@@ -142,11 +149,14 @@ impl UpperWork {
     }
 }
 
-/// What to mount: lowerdirs (top first) and optionally upper/work.
+/// What to mount: lowerdirs (top first), optionally upper/work, and extra
+/// `-o` options (e.g. `redirect_dir=on` for a kernel reference).
 #[derive(Clone, Debug, Default)]
 pub struct MountSpec {
     pub lowers: Vec<PathBuf>,
     pub upper: Option<(PathBuf, PathBuf)>,
+    /// Appended to the options as they are, after the layer options.
+    pub extra_options: Vec<String>,
 }
 
 impl MountSpec {
@@ -154,7 +164,15 @@ impl MountSpec {
         MountSpec {
             lowers,
             upper: None,
+            extra_options: Vec::new(),
         }
+    }
+
+    /// Adds one `-o` option (`name` or `name=value`).
+    pub fn with_option(mut self, option: &str) -> MountSpec {
+        assert!(!option.contains(','), "one option at a time: {option}");
+        self.extra_options.push(option.to_owned());
+        self
     }
 
     /// All three fixture layers of `prepared` in the given form, read-only.
@@ -167,7 +185,8 @@ impl MountSpec {
         self
     }
 
-    /// `lowerdir=A:B:C[,upperdir=U,workdir=W]`, the same for both mounts.
+    /// `lowerdir=A:B:C[,upperdir=U,workdir=W][,EXTRA...]`, the same for
+    /// both kinds of mounts.
     pub fn options(&self) -> String {
         let s = |p: &Path| {
             let s = p.to_str().expect("non-UTF-8 layer path");
@@ -188,6 +207,10 @@ impl MountSpec {
         );
         if let Some((u, w)) = &self.upper {
             o += &format!(",upperdir={},workdir={}", s(u), s(w));
+        }
+        for x in &self.extra_options {
+            o += ",";
+            o += x;
         }
         o
     }
@@ -968,7 +991,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(ft: fs::FileType) -> Kind {
+    pub fn of(ft: fs::FileType) -> Kind {
         if ft.is_dir() {
             Kind::Dir
         } else if ft.is_file() {
@@ -1067,6 +1090,22 @@ impl Record {
 
 pub type Walk = BTreeMap<PathBuf, Record>;
 
+/// `Record::mtime` of entries changed during a test (see
+/// [`mask_recent_mtimes`]); reported as "recent".
+pub const RECENT_MTIME: (i64, i64) = (i64::MAX, 0);
+
+/// Replaces every mtime at or after `since` by [`RECENT_MTIME`]: two mounts
+/// that ran the same writes a few milliseconds apart then compare equal,
+/// while an mtime that should have been preserved (copy-up) or set
+/// (utimens) still shows up as a difference.
+pub fn mask_recent_mtimes(w: &mut Walk, since: SystemTime) {
+    for r in w.values_mut() {
+        if ops::Mtime::of(r.mtime.0, r.mtime.1, since) == ops::Mtime::Recent {
+            r.mtime = RECENT_MTIME;
+        }
+    }
+}
+
 /// Attribute names that belong to overlay implementations, never to the
 /// user: strata must hide them. (Kernel overlayfs in its default mode hides
 /// only `trusted.overlay.*`; `user.overlay.*` is private to it only with
@@ -1124,7 +1163,7 @@ fn escape_bytes(v: &[u8]) -> String {
         .collect()
 }
 
-fn dev_major_minor(dev: u64) -> (u32, u32) {
+pub fn dev_major_minor(dev: u64) -> (u32, u32) {
     (
         (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)) as u32,
         (((dev >> 12) & 0xffff_ff00) | (dev & 0xff)) as u32,
@@ -1247,7 +1286,14 @@ fn view_fields(r: &Record) -> Vec<(&'static str, String)> {
         ("gid", r.gid.to_string()),
         ("size", r.size.to_string()),
         ("nlink", format!("{:?}", r.nlink)),
-        ("mtime", format!("{}.{:09}", r.mtime.0, r.mtime.1)),
+        (
+            "mtime",
+            if r.mtime == RECENT_MTIME {
+                "recent".into()
+            } else {
+                format!("{}.{:09}", r.mtime.0, r.mtime.1)
+            },
+        ),
         (
             "content",
             r.content.map_or("-".into(), |h| format!("fnv:{h:016x}")),

@@ -352,6 +352,11 @@ impl Strata {
         }
         self.copy_up(&dir).map_err(errno)?;
         let dir_state = dir.state().clone();
+        let parent_has_lower = self
+            .dir_state(&dir)
+            .origins
+            .iter()
+            .any(|o| o.layer != UPPER);
         let pfd = upper.dir_fd(&dir_state.path).map_err(errno)?;
         let existing = upper_entry(pfd.as_fd(), name).map_err(errno)?;
 
@@ -415,9 +420,13 @@ impl Strata {
                 )?;
                 sys::fchmod_any(path_fd.as_fd(), mode & 0o7777)?;
             }
-            // A directory made where a lower one was deleted must not show
-            // the lower one's entries.
-            if is_dir && matches!(existing, UpperEntry::Whiteout | UpperEntry::OciWhiteout) {
+            // Like the kernel: a directory made where a lower one was
+            // deleted, or anywhere lower layers are merged in, is opaque, so
+            // no lower directory can ever show through it.
+            if is_dir
+                && (parent_has_lower
+                    || matches!(existing, UpperEntry::Whiteout | UpperEntry::OciWhiteout))
+            {
                 make_opaque(open_dir_in(work, &tmp)?.as_fd())?;
             }
             Ok((fd, is_dir))
@@ -525,6 +534,9 @@ impl Strata {
             upper_entry(pfd.as_fd(), name).map_err(errno)?,
             UpperEntry::Present { .. }
         );
+        if !in_upper && !is_dir {
+            self.index_lower_hardlink(&node).map_err(errno)?;
+        }
         let result = if in_upper && is_dir {
             // Move the directory (holding only whiteouts) out of the way in
             // one step, leaving a whiteout if lower layers hold the name.
@@ -637,14 +649,22 @@ impl Strata {
         }
         let src_is_dir = src.kind == FileType::Directory;
         let dst_is_dir = dst.as_ref().is_some_and(|d| d.kind == FileType::Directory);
+        let dst_merged_dir = dst_is_dir
+            && dst
+                .as_ref()
+                .is_some_and(|d| self.dir_state(d).origins.iter().any(|o| o.layer != UPPER));
         if !exchange && let Some(dst) = &dst {
             match (src_is_dir, dst_is_dir) {
                 (true, false) => return Err(Errno::ENOTDIR),
                 (false, true) => return Err(Errno::EISDIR),
+                // A target with lower content may look empty while its upper
+                // holds whiteouts: decide from the merged view. (A pure upper
+                // target is left to rename(2), as the kernel does.)
                 (true, true)
-                    if !merged_listing(&self.stack, &self.inos, &self.dir_state(dst))
-                        .map_err(errno)?
-                        .is_empty() =>
+                    if dst_merged_dir
+                        && !merged_listing(&self.stack, &self.inos, &self.dir_state(dst))
+                            .map_err(errno)?
+                            .is_empty() =>
                 {
                     return Err(Errno::ENOTEMPTY);
                 }
@@ -706,7 +726,19 @@ impl Strata {
             }
             let target = upper_entry(npfd.as_fd(), new_name)?;
             match target {
-                UpperEntry::Present { is_dir: true } | UpperEntry::Whiteout if src_is_dir => {
+                // The target holds only whiteouts (checked above) or is one:
+                // swap, then clear what now stands at the source name.
+                UpperEntry::Present { is_dir: true } if src_is_dir && dst_merged_dir => {
+                    sys::renameat2(
+                        pfd.as_fd(),
+                        &cname,
+                        npfd.as_fd(),
+                        &cnew,
+                        libc::RENAME_EXCHANGE,
+                    )?;
+                    remove_tree(&upper.layer, &dir.state().path, name)?;
+                }
+                UpperEntry::Whiteout if src_is_dir => {
                     // Swap, then clear what now stands at the source name.
                     sys::renameat2(
                         pfd.as_fd(),
@@ -727,6 +759,23 @@ impl Strata {
                     )?;
                     sys::unlinkat(npfd.as_fd(), &whiteout_name_for(new_name.as_bytes()), 0)?;
                 }
+                _ if src_needs_whiteout => {
+                    // Move and leave the whiteout in one step, like the kernel.
+                    match sys::renameat2(
+                        pfd.as_fd(),
+                        &cname,
+                        npfd.as_fd(),
+                        &cnew,
+                        libc::RENAME_WHITEOUT,
+                    ) {
+                        Ok(()) => return Ok(()),
+                        // Rootless, or a filesystem without it: two steps.
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) => {
+                            sys::renameat2(pfd.as_fd(), &cname, npfd.as_fd(), &cnew, 0)?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 _ => sys::renameat2(pfd.as_fd(), &cname, npfd.as_fd(), &cnew, 0)?,
             }
             if src_needs_whiteout {
@@ -734,7 +783,12 @@ impl Strata {
             }
             Ok(())
         })();
-        result.map_err(errno)?;
+        if let Err(e) = result {
+            // A failed rename(2) may still have touched the directories.
+            self.refresh(&dir);
+            self.refresh(&new_dir);
+            return Err(errno(e));
+        }
         if let Some(dst) = dst.as_ref().filter(|_| !exchange) {
             self.name_removed(dst, dst_in_upper, &new_dir, new_name);
         }

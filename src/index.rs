@@ -177,6 +177,57 @@ impl Strata {
         Ok(())
     }
 
+    /// Before a lower name of a hard-linked file is whited out, gives the
+    /// inode an index entry (a copy, as the kernel does with `index=on`),
+    /// so the other names keep a correct link count from then on.
+    pub(crate) fn index_lower_hardlink(&self, node: &Node) -> io::Result<()> {
+        let Some(index) = &self.index else {
+            return Ok(());
+        };
+        let state = node.state().clone();
+        let key = Index::key(node.ino);
+        if node.kind != FileType::RegularFile
+            || state.stat.nlink < 2
+            || state.top().layer == UPPER
+            || state.top().layer == index.id
+            || index.layer.stat(&key).is_ok()
+        {
+            return Ok(());
+        }
+        let upper = self.upper_or_erofs()?;
+        let key_c = CString::new(key.as_bytes()).expect("hex");
+        let tmp = upper.tmp_name();
+        let built = self
+            .copy_non_dir(state.top(), &state.stat, &tmp)
+            .and_then(|()| {
+                sys::renameat2(
+                    upper.work(),
+                    &tmp,
+                    index.layer.root_fd(),
+                    &key_c,
+                    libc::RENAME_NOREPLACE,
+                )
+            });
+        if let Err(e) = built {
+            let _ = sys::unlinkat(upper.work(), &tmp, 0);
+            return Err(e);
+        }
+        // Only the entry links the inode: it shows the lower count of names.
+        let bias = state.stat.nlink as i64 - 1;
+        index.set_bias(&key, bias)?;
+        let entry = index.layer.stat(&key)?;
+        self.inos.alias(entry.dev, entry.ino, node.ino);
+        node.update(|s| {
+            s.origins = vec![Origin {
+                layer: index.id,
+                path: key.clone(),
+            }];
+            s.stat = entry;
+            s.nlink_bias = bias;
+        });
+        Ok(())
+    }
+
     /// A name of an indexed inode is gone; `lower_only`: it was a lower name
     /// (whited out), so the upper inode keeps its links and the bias drops.
     /// Returns whether the inode has an index entry.

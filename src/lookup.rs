@@ -214,7 +214,11 @@ impl Strata {
             return Ok(None);
         }
         match self.dcache.get(parent.0, name) {
-            Some(Dentry::Positive(node)) => return Ok(Some(node)),
+            // The table's node is the live one for its inode; the cache may
+            // hold an older object for it, left from before a forget.
+            Some(Dentry::Positive(node)) => {
+                return Ok(Some(self.nodes.get(node.ino).unwrap_or(node)));
+            }
             Some(Dentry::Negative) => return Ok(None),
             None => {}
         }

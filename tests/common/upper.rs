@@ -278,6 +278,26 @@ pub fn upper_walk(root: &Path) -> UpperWalk {
             e.redirect = Some(format!("{base}/{r}"));
         }
     }
+    // A redirect to where the lower content would be looked up anyway
+    // changes nothing (the kernel leaves one behind when a rename fails
+    // after it was set): drop it.
+    let noop: Vec<PathBuf> = out
+        .iter()
+        .filter(|(p, e)| {
+            let parent = p.parent().unwrap_or(Path::new(""));
+            let own = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            e.redirect.is_some()
+                && own.is_some_and(|n| {
+                    e.redirect.as_deref() == Some(&format!("{}/{n}", lower_path(&out, parent)))
+                })
+        })
+        .map(|(p, _)| p.clone())
+        .collect();
+    for p in noop {
+        if let Some(e) = out.get_mut(&p) {
+            e.redirect = None;
+        }
+    }
     out
 }
 
@@ -322,17 +342,24 @@ pub fn upper_diff(
     // are missing from its upper. Tolerated: a regular file only in `a`
     // that is one name of an indexed hard link there: its inode has a link
     // outside the upper dir (the index entry) or a name `b` has too.
-    let index_names: BTreeSet<PathBuf> = a
-        .iter()
-        .filter(|(p, e)| {
-            let names_in_a = a.values().filter(|f| f.ino == e.ino).count() as u64;
-            !b.contains_key(*p)
-                && matches!(e.kind, UpperKind::Plain(Kind::File))
-                && (e.nlink > names_in_a
-                    || a.iter()
-                        .any(|(q, f)| q != *p && f.ino == e.ino && b.contains_key(q)))
-        })
-        .map(|(p, _)| p.clone())
+    // For the same reason, which name strata copies up first may differ
+    // from the kernel's: the same tolerance applies to `b`'s side.
+    let index_names_of = |x: &UpperWalk, y: &UpperWalk| -> BTreeSet<PathBuf> {
+        x.iter()
+            .filter(|(p, e)| {
+                let names = x.values().filter(|f| f.ino == e.ino).count() as u64;
+                !y.contains_key(*p)
+                    && matches!(e.kind, UpperKind::Plain(Kind::File))
+                    && (e.nlink > names
+                        || x.iter()
+                            .any(|(q, f)| q != *p && f.ino == e.ino && y.contains_key(q)))
+            })
+            .map(|(p, _)| p.clone())
+            .collect()
+    };
+    let index_names: BTreeSet<PathBuf> = index_names_of(a, b)
+        .into_iter()
+        .chain(index_names_of(b, a))
         .collect();
     for (p, e) in a
         .iter()
@@ -344,7 +371,10 @@ pub fn upper_diff(
             describe(e)
         ));
     }
-    for (p, e) in b.iter().filter(|(p, _)| !a.contains_key(*p)) {
+    for (p, e) in b
+        .iter()
+        .filter(|(p, _)| !a.contains_key(*p) && !index_names.contains(*p))
+    {
         out.push(format!(
             "upper {}: only in {b_name}'s upper ({})",
             show(p),

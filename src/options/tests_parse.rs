@@ -194,13 +194,18 @@ fn root_defaults() {
         vec![
             FuseOption::DefaultPermissions,
             FuseOption::AllowOther,
-            FuseOption::Suid
+            FuseOption::Suid,
+            FuseOption::Dev
         ]
     );
     assert_eq!(config.session_acl(), SessionACL::All);
     assert_eq!(
         config.fuse_mount_options(),
-        vec![MountOption::DefaultPermissions, MountOption::Suid]
+        vec![
+            MountOption::DefaultPermissions,
+            MountOption::Suid,
+            MountOption::Dev
+        ]
     );
 }
 

@@ -395,22 +395,29 @@ fn open_in_root(root: &OwnedFd, rel: &str, flags: i32, mode: u32) -> io::Result<
         },
         resolve: RESOLVE_IN_ROOT,
     };
-    // SAFETY: valid fd, NUL-terminated path and an open_how of the size
-    // passed; the kernel only reads them.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    loop {
+        // SAFETY: valid fd, NUL-terminated path and an open_how of the size
+        // passed; the kernel only reads them.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: openat2 returned a new descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let err = io::Error::last_os_error();
+        // A `..` walk under RESOLVE_IN_ROOT fails with EAGAIN whenever any
+        // rename on the system (another test, in parallel) raced it.
+        if err.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(err);
+        }
     }
-    // SAFETY: openat2 returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The magic link of an open descriptor.

@@ -357,10 +357,36 @@ pub fn upper_diff(
             .map(|(p, _)| p.clone())
             .collect()
     };
-    let index_names: BTreeSet<PathBuf> = index_names_of(a, b)
+    let mut index_names: BTreeSet<PathBuf> = index_names_of(a, b)
         .into_iter()
         .chain(index_names_of(b, a))
         .collect();
+    // ... and the kernel copies up the parent directories of the name it
+    // links: a directory only in one upper, with no marks of its own, that
+    // holds nothing but such names (or such directories) is tolerated too.
+    for (x, y) in [(a, b), (b, a)] {
+        let mut dirs: Vec<&PathBuf> = x
+            .iter()
+            .filter(|(p, e)| {
+                !y.contains_key(*p)
+                    && matches!(e.kind, UpperKind::Plain(Kind::Dir))
+                    && !e.opaque
+                    && e.redirect.is_none()
+            })
+            .map(|(p, _)| p)
+            .collect();
+        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count())); // deepest first
+        for d in dirs {
+            let children_ok = x
+                .keys()
+                .filter(|p| p.parent() == Some(d.as_path()))
+                .all(|p| index_names.contains(p));
+            let has_children = x.keys().any(|p| p.parent() == Some(d.as_path()));
+            if has_children && children_ok {
+                index_names.insert(d.clone());
+            }
+        }
+    }
     for (p, e) in a
         .iter()
         .filter(|(p, _)| !b.contains_key(*p) && !index_names.contains(*p))

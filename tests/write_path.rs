@@ -1062,7 +1062,11 @@ fn rename_lower_directory_default_options() {
         ReadDir("usr/share"),
         ReadDir(""),
     ];
-    check_script("rename_lower_directory_default_options", KERNEL_DEFAULTS, &script);
+    check_script(
+        "rename_lower_directory_default_options",
+        KERNEL_DEFAULTS,
+        &script,
+    );
 }
 
 /// Lower files with several names (usr/share/app/data1 = data2 =
@@ -1125,7 +1129,11 @@ fn hard_link_script() -> Vec<Op> {
 #[test]
 #[ignore = "strata keeps hard links across copy-up (kernel index=on semantics): see hard_links_index_on"]
 fn hard_links_default_options() {
-    check_script("hard_links_default_options", KERNEL_DEFAULTS, &hard_link_script());
+    check_script(
+        "hard_links_default_options",
+        KERNEL_DEFAULTS,
+        &hard_link_script(),
+    );
 }
 
 /// The same against a kernel mounted with index=on: copy-up keeps the

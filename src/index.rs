@@ -24,6 +24,7 @@ use crate::copy_up::{UPPER, keeping_times};
 use crate::fs::Strata;
 use crate::inode::{InoMap, LayerId, Node, NodeState, Origin};
 use crate::layer::{DirLayer, Layer, RelPath, is_absent};
+use crate::readdir::merged_listing;
 use crate::sys;
 
 const INDEX_DIR: &CStr = c"strata-index";
@@ -174,6 +175,60 @@ impl Strata {
         let entry = index.layer.stat(&key)?;
         self.inos.alias(entry.dev, entry.ino, node.ino);
         node.update(|s| s.nlink_bias = bias);
+        self.link_remaining_names(node, &key_c, bias)
+    }
+
+    /// Links every name of an indexed inode that the merged tree still
+    /// serves from a lower layer into the upper too. The upper then holds
+    /// the whole change on its own: read later as a lower layer (container
+    /// storage does that at commit and at every build step), it shows each
+    /// of those names with the new content, as this mount does, where a
+    /// lower name left alone would show the old one. The kernel, with
+    /// `index=on`, leaves them out.
+    ///
+    /// `bias` says how many names are missing: the shown link count is the
+    /// entry's real count (itself plus the upper names) plus the bias, so
+    /// `bias + 1` names are still outside the upper. They are found by
+    /// walking the merged tree, which is the only place that knows them
+    /// (redirects and whiteouts included); the walk stops at the last one.
+    fn link_remaining_names(&self, node: &Node, key: &CStr, mut bias: i64) -> io::Result<()> {
+        if bias < 0 {
+            return Ok(());
+        }
+        let index = self.index.as_ref().expect("uses_index checked");
+        let upper = self.upper_or_erofs()?;
+        let mut dirs = vec![self.stack.root_state()?];
+        while let Some(dir) = dirs.pop() {
+            for entry in merged_listing(&self.stack, &self.inos, &dir)? {
+                let wanted = entry.ino == node.ino && entry.kind == FileType::RegularFile;
+                if entry.kind != FileType::Directory && !wanted {
+                    continue;
+                }
+                let Some(state) = self.stack.lookup(&dir, &entry.name)? else {
+                    continue;
+                };
+                if state.stat.is_dir() {
+                    dirs.push(state);
+                    continue;
+                }
+                if !wanted || state.top().layer == UPPER {
+                    continue;
+                }
+                self.copy_up_dir_path(&dir.path)?;
+                let pfd = upper.dir_fd(&dir.path)?;
+                let name = CString::new(entry.name.as_bytes()).expect("no NUL");
+                keeping_times(pfd.as_fd(), || {
+                    sys::linkat(index.layer.root_fd(), key, pfd.as_fd(), &name)
+                })?;
+                bias -= 1;
+                index.set_bias(&Index::key(node.ino), bias)?;
+                node.update(|s| s.nlink_bias = bias);
+                if bias < 0 {
+                    break;
+                }
+            }
+        }
+        self.refresh(node); // the real link count grew
         Ok(())
     }
 

@@ -66,6 +66,22 @@ enum Mounted {
     Strata(StrataMount),
 }
 
+impl Mounted {
+    fn path(&self) -> &Path {
+        match self {
+            Mounted::Kernel(k) => k.path(),
+            Mounted::Strata(s) => s.path(),
+        }
+    }
+
+    fn unmount(self) -> Result<(), String> {
+        match self {
+            Mounted::Kernel(k) => k.unmount(),
+            Mounted::Strata(s) => s.unmount(),
+        }
+    }
+}
+
 /// One mount taking part: its spec, its own upper/work, the live mount.
 struct Side {
     name: String,
@@ -114,18 +130,11 @@ impl Side {
     }
 
     fn unmount(&mut self) -> Result<(), String> {
-        match self.mnt.take() {
-            Some(Mounted::Kernel(k)) => k.unmount(),
-            Some(Mounted::Strata(s)) => s.unmount(),
-            None => Ok(()),
-        }
+        self.mnt.take().map_or(Ok(()), Mounted::unmount)
     }
 
     fn path(&self) -> &Path {
-        match self.mnt.as_ref().expect("not mounted") {
-            Mounted::Kernel(k) => k.path(),
-            Mounted::Strata(s) => s.path(),
-        }
+        self.mnt.as_ref().expect("not mounted").path()
     }
 
     fn upper_dir(&self) -> Option<&Path> {
@@ -391,6 +400,7 @@ fn run_steps(test: &str, setup: Setup, next: &mut NextStep) -> RunReport {
         s.mount();
     }
     let want = walk_masked(kernel.path(), since);
+    let mut written: BTreeMap<String, Walk> = BTreeMap::new();
     for s in &subjects {
         let got = walk_masked(s.path(), since);
         per.get_mut(&s.name).unwrap().extend(
@@ -399,6 +409,7 @@ fn run_steps(test: &str, setup: Setup, next: &mut NextStep) -> RunReport {
                 .filter(|p| !known(&s.name, p))
                 .map(|p| format!("after remount: {p}")),
         );
+        written.insert(s.name.clone(), got);
     }
     let _ = kernel.unmount();
     for s in &mut subjects {
@@ -406,6 +417,56 @@ fn run_steps(test: &str, setup: Setup, next: &mut NextStep) -> RunReport {
             per.get_mut(&s.name)
                 .unwrap()
                 .push(format!("second unmount: {e}"));
+        }
+    }
+
+    // 5. the round trip: each subject's upper as the top lower layer of a
+    // read-only mount (what container storage does at commit and at every
+    // build step) shows the tree its writer saw. One thing no reader of a
+    // lower-only stack can know is how many names a hard-linked file had
+    // in the writer's view (its index entry and the names deleted above a
+    // lower file still count in the inodes' st_nlink), so link counts are
+    // compared with kernel overlayfs reading the same stack instead (over
+    // the kernel twin), along with everything else.
+    if !subject_is_kernel() {
+        for s in &subjects {
+            let Some(upper) = s.upper_dir() else {
+                continue; // a read-only mount wrote nothing
+            };
+            let problems = per.get_mut(&s.name).unwrap();
+            let mut lowers = vec![upper.to_path_buf()];
+            lowers.extend(s.spec.lowers.iter().cloned());
+            let spec = MountSpec::new(lowers);
+            let read = |mounted: Result<Mounted, MountError>| -> Result<Walk, String> {
+                let mounted = mounted.map_err(|e| format!("mount: {e}"))?;
+                let got = walk_masked(mounted.path(), since);
+                mounted.unmount().map_err(|e| format!("unmount: {e}"))?;
+                Ok(got)
+            };
+            let by_strata = match read(StrataMount::try_mount(&spec).map(Mounted::Strata)) {
+                Ok(w) => w,
+                Err(e) => {
+                    problems.push(format!("round trip through strata: {e}"));
+                    continue;
+                }
+            };
+            problems.extend(
+                equivalence_problems(&s.name, &written[&s.name], "strata", &by_strata)
+                    .into_iter()
+                    .filter(|p| !p.contains(": nlink: "))
+                    .map(|p| format!("round trip through strata: {p}")),
+            );
+            if s.spec.lowers == layer_dirs(fx.path(), Form::Kernel) {
+                let spec = spec.clone().with_option("redirect_dir=follow");
+                match read(KernelOverlay::try_mount(&spec).map(Mounted::Kernel)) {
+                    Ok(by_kernel) => problems.extend(
+                        equivalence_problems("kernel", &by_kernel, "strata", &by_strata)
+                            .into_iter()
+                            .map(|p| format!("round trip, kernel vs strata reading it: {p}")),
+                    ),
+                    Err(e) => problems.push(format!("round trip through kernel: {e}")),
+                }
+            }
         }
     }
 
@@ -1542,7 +1603,7 @@ fn random_op(rng: &mut Rng, root: &Path) -> Op {
     }
 }
 
-/// 300 random operations (seeded; `WRITE_PATH_SEED`, `WRITE_PATH_OPS`)
+/// 1,000 random operations (seeded; `WRITE_PATH_SEED`, `WRITE_PATH_OPS`)
 /// over fixture paths and new names, kernel vs strata over the kernel twin.
 #[test]
 fn random_operations() {
@@ -1553,17 +1614,13 @@ fn random_operations() {
     let n: usize = std::env::var("WRITE_PATH_OPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(1000);
     let mut rng = Rng::new(seed);
     // The semantics strata implements: directory renames with redirects,
     // hard links kept across copy-up (with the kernel's defaults, renames of
     // lower directories fail with EXDEV and copy-up breaks hard links: the
     // *_default_options tests).
-    let setup = Setup {
-        forms: &[Form::Kernel],
-        kernel_options: &["redirect_dir=on", "index=on"],
-        ..DEFAULT
-    };
+    let setup = DEFAULT;
     // Each op is chosen looking at the reference's tree as it is then.
     let r = run_steps("random_operations", setup, &mut |i, root| {
         (i < n).then(|| {

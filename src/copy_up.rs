@@ -242,6 +242,13 @@ impl Strata {
             }
         }
         let upper_stat = upper.layer.stat(&state.path)?;
+        if node.kind == FileType::RegularFile && node.is_open() {
+            // Handles still reading the lower file move to the copy.
+            match upper.layer.open(&state.path, libc::O_RDONLY) {
+                Ok(fd) => node.hold_upper_copy(fd),
+                Err(e) => log::warn!("open handles keep reading the lower copy of {state:?}: {e}"),
+            }
+        }
         self.inos.alias(upper_stat.dev, upper_stat.ino, node.ino);
         node.update(|s| {
             let origin = Origin {
@@ -273,7 +280,13 @@ impl Strata {
                     sys::RESOLVE_IN_LAYER,
                 )?;
                 copy_data(input.as_fd(), output.as_fd(), stat.size)?;
-                copy_metadata(layer, &src.path, stat, output.as_fd())
+                copy_metadata(layer, &src.path, stat, output.as_fd())?;
+                // Durable before the rename makes it visible: after a crash
+                // the upper holds the whole copy or none (as the kernel).
+                if self.fsync {
+                    sys::fsync(output.as_fd(), false)?;
+                }
+                Ok(())
             }
             FileType::Symlink => {
                 let target = CString::new(layer.readlink(&src.path)?)
@@ -366,15 +379,16 @@ fn copy_range(
     Ok(())
 }
 
-/// Gives the copy at `dst` the xattrs (minus internal ones), owner, mode and
-/// times of `src_path` in `layer`. Mode comes after owner: chown clears
-/// set-id bits.
+/// Gives the copy at `dst` the owner, xattrs (minus internal ones), mode and
+/// times of `src_path` in `layer`. The owner comes first: chown clears
+/// set-id bits and file capabilities (`security.capability`).
 fn copy_metadata(
     layer: &dyn Layer,
     src_path: &RelPath,
     stat: &Stat,
     dst: BorrowedFd<'_>,
 ) -> io::Result<()> {
+    sys::fchownat(dst, c"", stat.uid, stat.gid, libc::AT_EMPTY_PATH)?;
     let names = xattr::none_if_unsupported(layer.list_xattr(src_path))?;
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         if xattr::is_internal(name) {
@@ -388,7 +402,6 @@ fn copy_metadata(
         };
         sys::fsetxattr_any(dst, &cname, &value, 0)?;
     }
-    sys::fchownat(dst, c"", stat.uid, stat.gid, libc::AT_EMPTY_PATH)?;
     if stat.kind() != FileType::Symlink {
         sys::fchmod_any(dst, stat.mode & 0o7777)?;
     }

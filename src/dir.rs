@@ -19,7 +19,7 @@ use crate::dcache::Dentry;
 use crate::fs::{Strata, errno};
 use crate::inode::{Node, NodeState};
 use crate::layer::{
-    Layer, NAME_MAX, OPAQUE_MARKER, RelPath, WHITEOUT_PREFIX, is_absent, is_whiteout_name,
+    Layer, NAME_MAX, OPAQUE_MARKER, RelPath, Stat, WHITEOUT_PREFIX, is_absent, is_whiteout_name,
     whiteout_name_for,
 };
 use crate::readdir::merged_listing;
@@ -308,10 +308,38 @@ impl Strata {
 
     /// Re-reads a node's attributes from its top layer after a change.
     pub(crate) fn refresh(&self, node: &Node) {
-        let state = node.state().clone();
-        let top = state.top();
-        if let Ok(stat) = self.stack.get(top.layer).stat(&top.path) {
+        let stat = match node.orphan() {
+            Some(fd) => sys::fstat(fd.as_fd()).map(Stat::from),
+            None => {
+                let top = node.state().top().clone();
+                self.stack.get(top.layer).stat(&top.path)
+            }
+        };
+        if let Ok(stat) = stat {
             node.update(|s| s.stat = stat);
+        }
+    }
+
+    /// Before `dir_path/name` (an upper name of `node`) goes: an fd of the
+    /// object, if open handles may need it once no name is left.
+    fn pin_if_open(&self, node: &Node, dir_path: &RelPath, name: &OsStr) -> Option<OwnedFd> {
+        if node.kind == FileType::Directory || !node.is_open() {
+            return None;
+        }
+        self.upper
+            .as_ref()?
+            .layer
+            .open_path(&dir_path.join(name))
+            .ok()
+    }
+
+    /// After `node` lost a name: if it was the last, the pinned fd is the
+    /// only way left to the object its open handles change.
+    fn orphan_if_nameless(&self, node: &Node, pinned: Option<OwnedFd>) {
+        let Some(fd) = pinned else { return };
+        let state = node.state().clone();
+        if state.top().layer == UPPER && state.stat.nlink == 0 && !state.detached {
+            node.hold_orphan(fd);
         }
     }
 
@@ -537,6 +565,9 @@ impl Strata {
         if !in_upper && !is_dir {
             self.index_lower_hardlink(&node).map_err(errno)?;
         }
+        let pinned = in_upper
+            .then(|| self.pin_if_open(&node, &dir_path, name))
+            .flatten();
         let result = if in_upper && is_dir {
             // Move the directory (holding only whiteouts) out of the way in
             // one step, leaving a whiteout if lower layers hold the name.
@@ -578,6 +609,7 @@ impl Strata {
         };
         result.map_err(errno)?;
         self.name_removed(&node, in_upper, &dir, name);
+        self.orphan_if_nameless(&node, pinned);
         if !is_dir && node.state().top().layer == UPPER && node.state().stat.nlink > 0 {
             // Other names of the same upper inode remain.
             self.refresh(&node);
@@ -714,6 +746,10 @@ impl Strata {
             upper_entry(npfd.as_fd(), new_name).map_err(errno)?,
             UpperEntry::Present { .. }
         );
+        let dst_pinned = dst
+            .as_ref()
+            .filter(|_| dst_in_upper && !exchange)
+            .and_then(|d| self.pin_if_open(d, &new_dir.state().path, new_name));
         let result = (|| -> io::Result<()> {
             if exchange {
                 return sys::renameat2(
@@ -791,6 +827,7 @@ impl Strata {
         }
         if let Some(dst) = dst.as_ref().filter(|_| !exchange) {
             self.name_removed(dst, dst_in_upper, &new_dir, new_name);
+            self.orphan_if_nameless(dst, dst_pinned);
         }
         let dst_path = new_dir.state().path.join(new_name);
         let mut moves = Vec::new();

@@ -16,7 +16,6 @@ use parking_lot::RwLock;
 use crate::copy_up::UPPER;
 use crate::fs::{Strata, errno};
 use crate::inode::Node;
-use crate::layer::Layer;
 use crate::readdir::MergedEntry;
 use crate::sys;
 
@@ -26,13 +25,32 @@ pub struct OpenFile {
     /// Whether `fd` is the upper copy; a read-only open of a lower file is
     /// switched to the upper copy once another open copies it up.
     on_upper: AtomicBool,
+    node: Handle,
+}
+
+/// Counts as an open handle of its node for as long as it lives.
+#[derive(Debug)]
+pub struct Handle(Arc<Node>);
+
+impl Handle {
+    pub fn new(node: &Arc<Node>) -> Handle {
+        node.opened();
+        Handle(node.clone())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.closed();
+    }
 }
 
 impl OpenFile {
-    pub fn new(fd: OwnedFd, on_upper: bool) -> OpenFile {
+    pub fn new(fd: OwnedFd, on_upper: bool, node: Handle) -> OpenFile {
         OpenFile {
             fd: RwLock::new(Arc::new(fd)),
             on_upper: AtomicBool::new(on_upper),
+            node,
         }
     }
 
@@ -103,10 +121,11 @@ pub struct AttrChange {
 impl Strata {
     /// Opens a file: the top layer's copy for reading, the upper copy (after
     /// copy-up) for writing or truncating.
-    pub(crate) fn open_file(&self, node: &Node, flags: i32) -> Result<OpenFile, Errno> {
+    pub(crate) fn open_file(&self, node: &Arc<Node>, flags: i32) -> Result<OpenFile, Errno> {
         if node.kind == FileType::Directory && wants_write(flags) {
             return Err(Errno::EISDIR);
         }
+        let handle = Handle::new(node);
         if wants_write(flags) {
             self.copy_up(node).map_err(errno)?;
         }
@@ -123,27 +142,46 @@ impl Strata {
         Ok(OpenFile::new(
             fd,
             top.layer == UPPER && self.upper.is_some(),
+            handle,
         ))
     }
 
     /// The fd to read through: switched to the upper copy if the file was
-    /// copied up after this open.
-    pub(crate) fn read_fd(&self, ino: INodeNo, file: &OpenFile) -> io::Result<Arc<OwnedFd>> {
-        if self.upper.is_some()
-            && !file.on_upper.load(Ordering::Acquire)
-            && let Ok(node) = self.node(ino)
+    /// copied up after this open (the copy-up opened it while its path was
+    /// certain to be the copy's).
+    pub(crate) fn read_fd(&self, file: &OpenFile) -> Arc<OwnedFd> {
+        if !file.on_upper.load(Ordering::Acquire)
+            && let Some(copy) = file.node.0.upper_copy()
         {
-            let state = node.state().clone();
-            if state.top().layer == UPPER {
-                let fd = self
-                    .stack
-                    .get(UPPER)
-                    .open(&state.top().path, libc::O_RDONLY)?;
-                *file.fd.write() = Arc::new(fd);
-                file.on_upper.store(true, Ordering::Release);
-            }
+            *file.fd.write() = copy;
+            file.on_upper.store(true, Ordering::Release);
         }
-        Ok(file.fd())
+        file.fd()
+    }
+
+    /// fsyncdir: the upper copy of a directory (nothing else ever changes).
+    pub(crate) fn sync_dir(&self, dir: &Node, data_only: bool) -> Result<(), Errno> {
+        let top = dir.state().top().clone();
+        if top.layer != UPPER || self.upper.is_none() {
+            return Ok(());
+        }
+        let fd = self
+            .stack
+            .get(UPPER)
+            .open(&top.path, libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(errno)?;
+        sys::fsync(fd.as_fd(), data_only).map_err(errno)
+    }
+
+    /// An fd of the node's object for metadata changes: the held one of an
+    /// open file whose last name is gone, else its top layer's by path.
+    pub(crate) fn object_fd(&self, node: &Node) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = node.orphan() {
+            return Ok(fd);
+        }
+        let top = node.state().top().clone();
+        let layer = self.writable_layer(top.layer)?;
+        Ok(Arc::new(layer.open_path(&top.path)?))
     }
 
     /// Writes through an open file and refreshes the node's attributes.
@@ -169,17 +207,14 @@ impl Strata {
     /// chmod, chown, truncate and utimens, after copying the node up.
     pub(crate) fn set_attr(&self, node: &Node, change: AttrChange) -> Result<(), Errno> {
         self.copy_up(node).map_err(errno)?;
-        let top = node.state().top().clone();
-        let layer = self.writable_layer(top.layer).map_err(errno)?;
-        let path = top.path;
-        let fd = layer.open_path(&path).map_err(errno)?;
+        let fd = self.object_fd(node).map_err(errno)?;
         if let Some(size) = change.size {
             if node.kind == FileType::Directory {
                 return Err(Errno::EISDIR);
             }
             let writable = match change.fh.and_then(|fh| self.files.get(fh)) {
                 Some(file) if file.on_upper.load(Ordering::Acquire) => file.fd(),
-                _ => Arc::new(Layer::open(layer, &path, libc::O_WRONLY).map_err(errno)?),
+                _ => Arc::new(sys::reopen(fd.as_fd(), libc::O_WRONLY).map_err(errno)?),
             };
             sys::ftruncate(writable.as_fd(), size).map_err(errno)?;
         }

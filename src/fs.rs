@@ -20,7 +20,7 @@ use log::{debug, info};
 use crate::copy_up::Upper;
 use crate::dcache::DentryCache;
 use crate::dir::{Creator, NewObject};
-use crate::file::{AttrChange, HandleTable, OpenDir, OpenFile};
+use crate::file::{AttrChange, Handle, HandleTable, OpenDir, OpenFile};
 use crate::index::Index;
 use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
 use crate::layer::{DirLayer, Layer};
@@ -67,7 +67,7 @@ pub struct Strata {
     pub(crate) ttl: Duration,
     static_nlink: bool,
     noxattrs: bool,
-    fsync: bool,
+    pub(crate) fsync: bool,
 }
 
 pub(crate) fn errno(e: io::Error) -> Errno {
@@ -271,9 +271,7 @@ impl fuser::Filesystem for Strata {
         let Some(file) = self.files.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        if let Err(e) = self.read_fd(_ino, &file) {
-            return reply.error(errno(e));
-        }
+        self.read_fd(&file);
         match file.read(offset, size as usize) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
@@ -393,14 +391,9 @@ impl fuser::Filesystem for Strata {
         let Ok(cname) = CString::new(name.as_bytes()) else {
             return reply.error(Errno::EINVAL);
         };
-        let result = self.node(ino).and_then(|node| {
-            let state = node.state();
-            let top = state.top();
-            self.stack
-                .get(top.layer)
-                .get_xattr(&top.path, &cname)
-                .map_err(errno)
-        });
+        let result = self
+            .node(ino)
+            .and_then(|node| self.get_xattr(&node, &cname).map_err(errno));
         match result {
             Ok(value) => Self::reply_xattr(reply, &value, size),
             Err(e) => reply.error(e),
@@ -411,12 +404,9 @@ impl fuser::Filesystem for Strata {
         if self.noxattrs {
             return reply.error(Errno::ENOTSUP);
         }
-        let result = self.node(ino).and_then(|node| {
-            let state = node.state();
-            let top = state.top();
-            xattr::none_if_unsupported(self.stack.get(top.layer).list_xattr(&top.path))
-                .map_err(errno)
-        });
+        let result = self
+            .node(ino)
+            .and_then(|node| self.list_xattr(&node).map_err(errno));
         match result {
             Ok(raw) => Self::reply_xattr(reply, &xattr::visible_names(&raw), size),
             Err(e) => reply.error(e),
@@ -538,7 +528,9 @@ impl fuser::Filesystem for Strata {
         match self.create_object(parent, name, object, creator(req)) {
             Ok((node, Some(fd))) => {
                 let node = self.nodes.remember(node);
-                let fh = self.files.insert(OpenFile::new(fd, true));
+                let fh = self
+                    .files
+                    .insert(OpenFile::new(fd, true, Handle::new(&node)));
                 reply.created(
                     &self.ttl,
                     &self.attr(&node),
@@ -613,19 +605,25 @@ impl fuser::Filesystem for Strata {
         }
         reply_empty(
             reply,
-            sys::fsync(file.fd().as_fd(), datasync).map_err(errno),
+            sys::fsync(self.read_fd(&file).as_fd(), datasync).map_err(errno),
         );
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        if !self.fsync {
+            return reply.ok();
+        }
+        reply_empty(
+            reply,
+            self.node(ino).and_then(|dir| self.sync_dir(&dir, datasync)),
+        );
     }
 
     fn fallocate(
@@ -650,7 +648,7 @@ impl fuser::Filesystem for Strata {
     fn lseek(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
@@ -659,9 +657,7 @@ impl fuser::Filesystem for Strata {
         let Some(file) = self.files.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let result = self
-            .read_fd(ino, &file)
-            .and_then(|fd| sys::lseek(fd.as_fd(), offset as u64, whence));
+        let result = sys::lseek(self.read_fd(&file).as_fd(), offset as u64, whence);
         match result {
             Ok(Some(pos)) => reply.offset(pos as i64),
             Ok(None) => reply.error(Errno::ENXIO),
@@ -672,7 +668,7 @@ impl fuser::Filesystem for Strata {
     fn copy_file_range(
         &self,
         _req: &Request,
-        ino_in: INodeNo,
+        _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
         ino_out: INodeNo,
@@ -686,7 +682,8 @@ impl fuser::Filesystem for Strata {
         else {
             return reply.error(Errno::EBADF);
         };
-        let result = self.read_fd(ino_in, &input).and_then(|src| {
+        let src = self.read_fd(&input);
+        let result = (|| {
             let dst = output.fd();
             let n = sys::copy_file_range(
                 src.as_fd(),
@@ -697,7 +694,7 @@ impl fuser::Filesystem for Strata {
             )?;
             self.refresh_from_fd(ino_out, dst.as_fd());
             Ok(n)
-        });
+        })();
         match result {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),

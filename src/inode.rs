@@ -8,8 +8,9 @@
 //! is what `stat` shows.
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -68,6 +69,21 @@ pub struct Node {
     /// The (directory, name) pairs a hard-linked node was found under, so
     /// it can move to another one when the name in its path is deleted.
     names: Mutex<Vec<(u64, OsString)>>,
+    /// Open file handles of this node.
+    open_files: AtomicUsize,
+    /// What its open handles need that no path reaches any more.
+    held: Mutex<Held>,
+}
+
+/// Fds a node keeps while it has open handles, dropped with the last one.
+#[derive(Debug, Default)]
+struct Held {
+    /// The upper copy (read-only), made while handles still read the lower
+    /// file: they switch to it on their next read.
+    upper_copy: Option<Arc<OwnedFd>>,
+    /// The object itself (O_PATH) after its last name was deleted: fchmod,
+    /// fsetxattr and the like on an open fd reach it through this alone.
+    orphan: Option<Arc<OwnedFd>>,
 }
 
 impl Node {
@@ -80,7 +96,44 @@ impl Node {
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
             names: Mutex::new(Vec::new()),
+            open_files: AtomicUsize::new(0),
+            held: Mutex::new(Held::default()),
         }
+    }
+
+    /// A file handle of this node was opened. Counted before the open reads
+    /// the node's state, so a concurrent copy-up either is seen by the open
+    /// or sees the handle.
+    pub fn opened(&self) {
+        self.open_files.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A file handle was released; the last one drops the held fds.
+    pub fn closed(&self) {
+        if self.open_files.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *self.held.lock() = Held::default();
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open_files.load(Ordering::SeqCst) > 0
+    }
+
+    pub fn hold_upper_copy(&self, fd: OwnedFd) {
+        self.held.lock().upper_copy = Some(Arc::new(fd));
+    }
+
+    pub fn upper_copy(&self) -> Option<Arc<OwnedFd>> {
+        self.held.lock().upper_copy.clone()
+    }
+
+    pub fn hold_orphan(&self, fd: OwnedFd) {
+        self.held.lock().orphan = Some(Arc::new(fd));
+    }
+
+    /// The object of a node whose last name is gone while it is open.
+    pub fn orphan(&self) -> Option<Arc<OwnedFd>> {
+        self.held.lock().orphan.clone()
     }
 
     pub fn parent(&self) -> u64 {

@@ -495,6 +495,16 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Re
     .map(drop)
 }
 
+/// Opens the object behind `fd` (an O_PATH fd included) anew with `flags`,
+/// through its `/proc/self/fd` name: the way to a file that has no name left.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let path = proc_fd_path(fd);
+    // SAFETY: `path` is NUL-terminated; the returned fd is checked before use.
+    let ret = check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
 pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> io::Result<()> {
     // SAFETY: no pointers are involved.
     check(unsafe {

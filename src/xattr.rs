@@ -1,7 +1,7 @@
 //! Extended attributes as users see them: the layers' own xattrs minus the
 //! internal ones that union filesystems keep for themselves.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -53,6 +53,27 @@ pub fn none_if_unsupported(r: io::Result<Vec<u8>>) -> io::Result<Vec<u8>> {
 }
 
 impl Strata {
+    /// The value of a (visible) xattr of `node`.
+    pub(crate) fn get_xattr(&self, node: &Node, name: &CStr) -> io::Result<Vec<u8>> {
+        if let Some(fd) = node.orphan() {
+            return sys::fgetxattr(fd.as_fd(), name);
+        }
+        let top = node.state().top().clone();
+        self.stack.get(top.layer).get_xattr(&top.path, name)
+    }
+
+    /// The raw NUL-separated names of `node`'s xattrs, internal ones included.
+    pub(crate) fn list_xattr(&self, node: &Node) -> io::Result<Vec<u8>> {
+        let raw = match node.orphan() {
+            Some(fd) => sys::flistxattr(fd.as_fd()),
+            None => {
+                let top = node.state().top().clone();
+                self.stack.get(top.layer).list_xattr(&top.path)
+            }
+        };
+        none_if_unsupported(raw)
+    }
+
     /// Sets (`Some((value, flags))`) or removes (`None`) an xattr, after
     /// copying the node up. Internal names cannot be changed through the
     /// mount (EPERM, as the kernel answers for its own).
@@ -68,19 +89,10 @@ impl Strata {
         let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         if value.is_none() {
             // Like the kernel: removing what is not there copies nothing up.
-            let state = node.state().clone();
-            let top = state.top();
-            self.stack
-                .get(top.layer)
-                .get_xattr(&top.path, &cname)
-                .map_err(errno)?;
+            self.get_xattr(node, &cname).map_err(errno)?;
         }
         self.copy_up(node).map_err(errno)?;
-        let top = node.state().top().clone();
-        let fd = self
-            .writable_layer(top.layer)
-            .and_then(|layer| layer.open_path(&top.path))
-            .map_err(errno)?;
+        let fd = self.object_fd(node).map_err(errno)?;
         match value {
             Some((value, flags)) => sys::fsetxattr_any(fd.as_fd(), &cname, value, flags),
             None => sys::fremovexattr_any(fd.as_fd(), &cname),

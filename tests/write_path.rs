@@ -21,18 +21,19 @@
 //!    overlay-internal xattrs are ignored);
 //! 4. after unmounting and mounting every side again on its own upper: the
 //!    merged trees once more;
+//! 5. the round trip: each subject's upper as the top lower layer of a
+//!    read-only mount, read by strata (against the tree the writer showed)
+//!    and, over the kernel twin, by kernel overlayfs (against strata);
 //!
 //! and at the very end the lower layers must be untouched. Differences the
 //! untouched trees already have (read-path business: merged_view.rs) are
 //! measured first on throwaway mounts and left out of 2 and 4.
 //!
-//! The reference runs with the kernel's default options (on this kernel
-//! redirect_dir, index, metacopy and xino are off), except where a test says
-//! otherwise: `rename_lower_directory_redirect` (redirect_dir=on),
-//! `hard_links_index_on` (index=on) and `random_operations` (both: the
-//! semantics strata implements). The `*_default_options` twins of the first
-//! two hold the kernel's default behaviour (EXDEV; copy-up breaks hard
-//! links), which strata does not follow by design: they are ignored.
+//! The reference runs with `redirect_dir=on,index=on`: the semantics strata
+//! implements without being told (directory renames keep lower content
+//! through redirects, hard links survive copy-up). With this kernel's
+//! defaults (both off) renames of lower directories fail with EXDEV and a
+//! copy-up breaks hard links, which strata does not copy by design.
 //!
 //! Ops resolve every path inside the mount (openat2 RESOLVE_IN_ROOT), so the
 //! fixture's `links/absolute -> /etc/passwd` and `links/escaping` never
@@ -42,8 +43,8 @@
 //! * `STRATA_BIN=/usr/bin/fuse-overlayfs` runs the subject side with another
 //!   program (same command line);
 //! * `WRITE_PATH_SUBJECT=kernel` makes the subject a second kernel overlay
-//!   mount over the kernel twin (with the reference's options): every test,
-//!   ignored ones included, must pass then; it checks the tests, not strata;
+//!   mount over the kernel twin (with the reference's options): every test
+//!   must pass then; it checks the tests, not strata;
 //! * `WRITE_PATH_TRACE=1` prints every step's outcome on the reference and
 //!   both upper dirs (with `--nocapture`);
 //! * `WRITE_PATH_SEED=N` / `WRITE_PATH_OPS=N`: the random test's seed and
@@ -159,19 +160,11 @@ struct Setup {
 
 /// The semantics strata implements without being told: kernel overlayfs
 /// with `redirect_dir=on` (directory renames) and `index=on` (hard links
-/// kept across copy-up). This kernel's defaults have both off; the
-/// `*_default_options` tests show what differs then.
+/// kept across copy-up). This kernel's defaults have both off.
 const DEFAULT: Setup = Setup {
     upper: true,
     kernel_options: &["redirect_dir=on", "index=on"],
     forms: &[Form::Kernel, Form::Oci],
-};
-
-/// Kernel overlayfs with its default options (redirect_dir, index,
-/// metacopy, xino all off; see /sys/module/overlay/parameters).
-const KERNEL_DEFAULTS: Setup = Setup {
-    kernel_options: &[],
-    ..DEFAULT
 };
 
 fn env_flag(name: &str) -> bool {
@@ -1103,33 +1096,6 @@ fn links() {
     check_script("links", DEFAULT, &script);
 }
 
-/// Lower and merged directories renamed with the kernel's default options
-/// (redirect_dir=off on this kernel): EXDEV, and nothing changes (`mv`
-/// then copies and deletes).
-#[test]
-#[ignore = "strata renames lower directories with redirects by default (kernel redirect_dir=on semantics)"]
-fn rename_lower_directory_default_options() {
-    use Op::*;
-    let script = vec![
-        Rename("usr/share/other", "usr/share/other2"),
-        Rename("merged", "merged2"),
-        Rename("usr/share/app/empty-dir", "empty-moved"),
-        Rename("tmp", "tmp2"),
-        RenameNoReplace("opaque-me", "opaque-moved"),
-        RenameExchange("srv", "home"),
-        Rename("usr/share/app/empty-dir", "etc"),
-        Stat("usr/share/other"),
-        Stat("merged2"),
-        ReadDir("usr/share"),
-        ReadDir(""),
-    ];
-    check_script(
-        "rename_lower_directory_default_options",
-        KERNEL_DEFAULTS,
-        &script,
-    );
-}
-
 /// Lower files with several names (usr/share/app/data1 = data2 =
 /// other/data3; usr/bin/test, whose twin usr/bin/[ is whited out): writes,
 /// metadata changes, links, renames and unlinks through one name, and what
@@ -1184,28 +1150,11 @@ fn hard_link_script() -> Vec<Op> {
     ]
 }
 
-/// Hard-linked lower files with the kernel's default options (index=off):
-/// copy-up breaks the link; the name written through becomes a file of its
-/// own (nlink 1, a new inode), the others keep the lower inode and nlink.
-#[test]
-#[ignore = "strata keeps hard links across copy-up (kernel index=on semantics): see hard_links_index_on"]
-fn hard_links_default_options() {
-    check_script(
-        "hard_links_default_options",
-        KERNEL_DEFAULTS,
-        &hard_link_script(),
-    );
-}
-
-/// The same against a kernel mounted with index=on: copy-up keeps the
-/// names together (one upper inode, the lower's st_ino), across remounts.
+/// Against the kernel with index=on: copy-up keeps the names together (one
+/// upper inode, the lower's st_ino), across remounts.
 #[test]
 fn hard_links_index_on() {
-    let setup = Setup {
-        kernel_options: &["index=on"],
-        ..DEFAULT
-    };
-    check_script("hard_links_index_on", setup, &hard_link_script());
+    check_script("hard_links_index_on", DEFAULT, &hard_link_script());
 }
 
 /// Operations that must fail, with the same errno as the kernel's.
@@ -1616,13 +1565,8 @@ fn random_operations() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
     let mut rng = Rng::new(seed);
-    // The semantics strata implements: directory renames with redirects,
-    // hard links kept across copy-up (with the kernel's defaults, renames of
-    // lower directories fail with EXDEV and copy-up breaks hard links: the
-    // *_default_options tests).
-    let setup = DEFAULT;
     // Each op is chosen looking at the reference's tree as it is then.
-    let r = run_steps("random_operations", setup, &mut |i, root| {
+    let r = run_steps("random_operations", DEFAULT, &mut |i, root| {
         (i < n).then(|| {
             let op = random_op(&mut rng, root);
             (op, op)

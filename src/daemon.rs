@@ -51,6 +51,7 @@ pub fn mount_and_serve(config: &Config) -> io::Result<()> {
         noxattrs: config.noxattrs,
         fsync: config.fsync && !config.volatile,
     })?;
+    let notifier = fs.notifier.clone();
     // Modes asked for by the kernel are already masked by the caller's umask.
     sys::clear_umask();
     // Before any thread exists, so every thread inherits the mask and only
@@ -63,6 +64,7 @@ pub fn mount_and_serve(config: &Config) -> io::Result<()> {
                 format!("cannot mount on '{}': {e}", config.mountpoint.display()),
             )
         })?;
+    let _ = notifier.set(session.notifier());
     // The kernel's INIT has been answered: the mount is live.
     if !config.foreground {
         match sys::fork()? {

@@ -820,9 +820,10 @@ impl Strata {
             Ok(())
         })();
         if let Err(e) = result {
-            // A failed rename(2) may still have touched the directories.
-            self.refresh(&dir);
-            self.refresh(&new_dir);
+            // The copy-ups before the failed rename(2) may have changed the
+            // directories.
+            self.changed_by_failed_request(&dir);
+            self.changed_by_failed_request(&new_dir);
             return Err(errno(e));
         }
         if let Some(dst) = dst.as_ref().filter(|_| !exchange) {

@@ -6,14 +6,14 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, info};
 
@@ -68,6 +68,9 @@ pub struct Strata {
     static_nlink: bool,
     noxattrs: bool,
     pub(crate) fsync: bool,
+    /// Tells the kernel about changes it cannot see coming (set once the
+    /// session exists; see `daemon`).
+    pub(crate) notifier: Arc<OnceLock<Notifier>>,
 }
 
 pub(crate) fn errno(e: io::Error) -> Errno {
@@ -125,7 +128,21 @@ impl Strata {
             static_nlink: config.static_nlink,
             noxattrs: config.noxattrs,
             fsync: config.fsync,
+            notifier: Arc::default(),
         })
+    }
+
+    /// A failed request changed `node` on the way (a copy-up, say): the
+    /// kernel, which only drops its cached attributes after a success, is
+    /// told to ask again. Attributes only (offset -1): no page or entry is
+    /// touched, so this cannot wait on locks the request holds.
+    pub(crate) fn changed_by_failed_request(&self, node: &Node) {
+        self.refresh(node);
+        if let Some(notifier) = self.notifier.get()
+            && let Err(e) = notifier.inval_inode(INodeNo(node.ino), -1, 0)
+        {
+            log::debug!("could not invalidate inode {}: {e}", node.ino);
+        }
     }
 
     fn attr(&self, node: &Node) -> FileAttr {

@@ -1,5 +1,9 @@
 //! Differential tests of what open file descriptors see while the names
-//! they were opened by are copied up, deleted, replaced and recreated.
+//! they were opened by are copied up, deleted, replaced and recreated; of
+//! the calls that work on an open file (O_APPEND, fallocate,
+//! copy_file_range, SEEK_DATA/SEEK_HOLE, OFD and flock locks); of sparse
+//! and capability-carrying copy-ups; and of an unprivileged user's view
+//! (umask, set-group-id directories, EACCES/EPERM).
 //!
 //! Each scenario runs, with the same fds held in the same order, on kernel
 //! overlayfs (`redirect_dir=on,index=on`, over the kernel twin of the
@@ -432,4 +436,250 @@ fn copy_up_keeps_file_capabilities() {
         "the kernel lost a capability: {want:#?}"
     );
     assert_eq!(run(false), want);
+}
+
+fn fallocate(f: &File, mode: i32, offset: i64, len: i64) -> io::Result<()> {
+    // SAFETY: valid fd; no pointers.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset, len) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn seek(f: &File, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: valid fd; no pointers.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// An OFD (open file description) byte-range lock: POSIX-style locks that
+/// conflict between two opens within one process.
+fn ofd_lock(f: &File, cmd: i32, kind: i32) -> io::Result<i32> {
+    // SAFETY: an all-zero flock is a valid value of this plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = 0;
+    // SAFETY: valid fd; `fl` is a valid flock for F_OFD_* commands.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fl.l_type as i32)
+    }
+}
+
+fn flock(f: &File, how: i32) -> io::Result<()> {
+    // SAFETY: valid fd; no pointers.
+    let r = unsafe { libc::flock(f.as_raw_fd(), how) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// O_APPEND through two fds, fallocate (allocate, punch, extend),
+/// copy_file_range from a lower file, OFD and flock locks, as the kernel.
+#[test]
+fn file_operations() {
+    check("file_operations", |root, log| {
+        let p = root.join("etc/hostname");
+        let open_append = || OpenOptions::new().append(true).open(&p);
+        let (mut a, mut b) = (open_append().unwrap(), open_append().unwrap());
+        log.put("append a", a.write_all(b"from a\n"));
+        log.put("append b", b.write_all(b"from b\n"));
+        log.put("append a again", a.write_all(b"a again\n"));
+        log.read_all("read", &mut ro(&p));
+
+        let p = root.join("etc/passwd");
+        let mut f = rw(&p);
+        log.put(
+            "fallocate keep size",
+            fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20),
+        );
+        log.fstat("fstat", &f);
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        log.put("fallocate punch", fallocate(&f, punch, 0, 8));
+        log.put("fallocate extend", fallocate(&f, 0, 0, 8192));
+        log.fstat("fstat", &f);
+        log.read_all("read", &mut f);
+
+        let src = ro(&root.join("usr/bin/busybox"));
+        let mut dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(root.join("usr/bin/copy"))
+            .unwrap();
+        let (mut off_in, mut off_out) = (4i64, 0i64);
+        // SAFETY: valid fds and offset pointers.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                20,
+                0,
+            )
+        };
+        log.put("copy_file_range", Ok(n));
+        log.read_all("read copy", &mut dst);
+
+        let lock_path = root.join("etc/group");
+        let (l1, l2) = (rw(&lock_path), rw(&lock_path));
+        log.put(
+            "ofd lock 1",
+            ofd_lock(&l1, libc::F_OFD_SETLK, libc::F_WRLCK),
+        );
+        log.put(
+            "ofd lock 2",
+            ofd_lock(&l2, libc::F_OFD_SETLK, libc::F_WRLCK),
+        );
+        log.put(
+            "ofd getlk 2",
+            ofd_lock(&l2, libc::F_OFD_GETLK, libc::F_WRLCK),
+        );
+        log.put(
+            "ofd unlock 1",
+            ofd_lock(&l1, libc::F_OFD_SETLK, libc::F_UNLCK),
+        );
+        log.put(
+            "ofd lock 2 again",
+            ofd_lock(&l2, libc::F_OFD_SETLK, libc::F_WRLCK),
+        );
+        let (k1, k2) = (ro(&lock_path), ro(&lock_path));
+        log.put("flock 1", flock(&k1, libc::LOCK_EX | libc::LOCK_NB));
+        log.put("flock 2", flock(&k2, libc::LOCK_EX | libc::LOCK_NB));
+        log.put("flock 2 shared", flock(&k2, libc::LOCK_SH | libc::LOCK_NB));
+        log.put("unlock 1", flock(&k1, libc::LOCK_UN));
+        log.put("flock 2 again", flock(&k2, libc::LOCK_EX | libc::LOCK_NB));
+    });
+}
+
+/// A sparse lower file (64 MiB, 8 KiB of data) stays sparse when copied
+/// up: SEEK_DATA/SEEK_HOLE find the data through the mount, and neither
+/// upper copy holds more than 4 MiB of blocks.
+#[test]
+fn sparse_copy_up() {
+    const SIZE: u64 = 64 << 20;
+    let layers = tempdir();
+    let lower = layers.path().join("lower");
+    fs::create_dir(&lower).unwrap();
+    {
+        let mut f = File::create(lower.join("sparse")).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(SeekFrom::Start(SIZE - 4096)).unwrap();
+        f.write_all(b"tail").unwrap();
+        f.set_len(SIZE).unwrap();
+    }
+    let run = |kernel: bool| -> Vec<String> {
+        let uw = UpperWork::new();
+        let spec = MountSpec::new(vec![lower.clone()]).with_upper(&uw);
+        let mut log = Log::default();
+        let mut act = |root: &Path| {
+            let p = root.join("sparse");
+            let mut f = rw(&p);
+            log.put("write", f.write_all(b"HEAD"));
+            log.put("data from 0", seek(&f, 0, libc::SEEK_DATA));
+            // The kernel copies in 1 MiB chunks (a hole starts at 1 MiB in
+            // its copy, at 4 KiB in strata's): only "early" is compared.
+            log.put(
+                "hole early",
+                seek(&f, 0, libc::SEEK_HOLE).map(|o| o <= 1 << 20),
+            );
+            log.put("data from 1M", seek(&f, 1 << 20, libc::SEEK_DATA));
+            log.put("hole at end", seek(&f, SIZE as i64 - 1, libc::SEEK_HOLE));
+            let mut tail = [0u8; 4];
+            f.seek(SeekFrom::Start(SIZE - 4096)).unwrap();
+            log.put("read tail", f.read_exact(&mut tail).map(|()| tail));
+            let small = |m: fs::Metadata| m.blocks() * 512 < (4 << 20);
+            log.put(
+                "upper copy is sparse",
+                fs::metadata(uw.upper.join("sparse")).map(small),
+            );
+            log.put("merged file is sparse", fs::metadata(&p).map(small));
+        };
+        if kernel {
+            let m = KernelOverlay::mount(&spec);
+            act(m.path());
+            m.unmount().unwrap();
+        } else {
+            let m = StrataMount::mount(&spec);
+            act(m.path());
+            m.unmount().unwrap();
+        }
+        log.0
+    };
+    let want = run(true);
+    assert!(
+        want.iter().any(|l| l == "upper copy is sparse: true"),
+        "{want:#?}"
+    );
+    assert_eq!(run(false), want);
+}
+
+/// An unprivileged user (uid 1000, `setpriv`) working in the mount: the
+/// umask, set-group-id directories, ownership of new files, set-user-id
+/// cleared by a write, and every EACCES/EPERM it meets (chown, chmod of
+/// another's file, writing a read-only file, deleting in a sticky
+/// directory) as in the kernel.
+#[test]
+fn unprivileged_user() {
+    check("unprivileged_user", |root, log| {
+        // Set up as root: a set-group-id directory, a user-owned dir.
+        let sg = root.join("home/sgid");
+        fs::create_dir(&sg).unwrap();
+        std::os::unix::fs::chown(&sg, Some(0), Some(42)).unwrap();
+        fs::set_permissions(&sg, Permissions::from_mode(0o2777)).unwrap();
+        let script = r#"
+            umask 027
+            r() { out=$("$@" 2>&1); echo "$* => $? ${out##*: }"; }
+            r mkdir home/sgid/d
+            r touch home/sgid/f
+            r mkdir home/user/mine
+            r touch home/user/mine/f
+            r chmod 4755 home/user/mine/f
+            r sh -c 'echo y >> home/user/mine/f'
+            r stat -c '%a %u %g' home/user/mine/f home/sgid/d home/sgid/f
+            r chown 0 home/user/mine/f
+            r chmod 600 etc/passwd
+            r sh -c 'echo x >> etc/passwd'
+            r sh -c 'echo x >> home/user/.profile'
+            r rm tmp/.keep-root
+            r touch tmp/mine
+            r rm tmp/mine
+            r mkdir etc/new
+            r ln -s target home/user/mine/link
+            r mkfifo home/user/mine/fifo
+            r mv home/user/mine home/user/moved
+            r cat etc/shadow
+        "#;
+        // A root-owned file in the sticky /tmp, for `rm` to fail on.
+        write_file(&root.join("tmp/.keep-root"), b"root\n").unwrap();
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .current_dir(root)
+            .output()
+            .expect("setpriv");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            log.0.push(line.to_owned());
+        }
+        log.put("status", Ok(out.status.code()));
+    });
 }

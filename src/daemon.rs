@@ -2,7 +2,10 @@
 //! once the mount is live, serve until the mount goes away, and unmount
 //! cleanly on SIGTERM, SIGINT or SIGHUP.
 
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::thread;
 
 use fuser::MountOption;
@@ -34,10 +37,28 @@ fn fuser_config(config: &Config) -> fuser::Config {
     fc
 }
 
+/// `umount -l`: directly as root, else through `fusermount3 -u -z`.
+fn unmount_lazily(mountpoint: &CStr) -> io::Result<()> {
+    match sys::umount_lazy(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(OsStr::from_bytes(mountpoint.to_bytes()))
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("fusermount3 -u -z: {status}")))
+            }
+        }
+        other => other,
+    }
+}
+
 /// Mounts the filesystem described by `config` and serves it. Without
 /// `foreground`, returns in the caller's process as soon as the mount is live
 /// (exit status 0) while a detached child serves it.
-pub fn mount_and_serve(config: &Config) -> io::Result<()> {
+pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
     if let Err(e) = sys::raise_nofile_limit() {
         info!("could not raise the open-file limit: {e}");
     }
@@ -50,6 +71,8 @@ pub fn mount_and_serve(config: &Config) -> io::Result<()> {
         static_nlink: config.static_nlink,
         noxattrs: config.noxattrs,
         fsync: config.fsync && !config.volatile,
+        create_redirects: config.redirects().0,
+        follow_redirects: config.redirects().1,
     })?;
     let notifier = fs.notifier.clone();
     // Modes asked for by the kernel are already masked by the caller's umask.
@@ -69,18 +92,30 @@ pub fn mount_and_serve(config: &Config) -> io::Result<()> {
     if !config.foreground {
         match sys::fork()? {
             sys::Forked::Parent => sys::exit_immediately(0),
-            sys::Forked::Child => sys::detach_from_caller()?,
+            sys::Forked::Child => sys::detach_from_caller(inherited)?,
         }
     }
     let mut unmounter = session.unmount_callable();
+    // Absolute: the daemon's working directory is / from now on.
+    let mountpoint = config.mountpoint.canonicalize()?;
+    let mountpoint = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || {
             let sig = sys::wait_for_termination();
             info!("signal {sig}: unmounting");
             if let Err(e) = unmounter.unmount() {
-                log::warn!("unmount on signal {sig} failed: {e}");
+                // Busy: detach it as libfuse does; it goes away, and the
+                // session ends, once the last process using it lets go.
+                info!("unmount on signal {sig}: {e}; detaching it");
+                if let Err(e) = unmount_lazily(&mountpoint) {
+                    log::warn!("could not detach the mount on signal {sig}: {e}");
+                }
             }
+            let sig = sys::wait_for_termination();
+            info!("signal {sig} again: exiting now");
+            sys::exit_immediately(0);
         })?;
     session.run()?;
     info!("unmounted; exiting");

@@ -625,7 +625,8 @@ impl Strata {
     /// a redirect was needed.
     /// Like the kernel, a move within one directory records just the old
     /// name, any other move the absolute lower path, which may be at most
-    /// `REDIRECT_MAX` bytes long (else EXDEV, and `mv` copies instead).
+    /// `REDIRECT_MAX` bytes long (else EXDEV, and `mv` copies instead);
+    /// with `redirect_dir=off|follow|nofollow`, always EXDEV.
     fn set_redirect(&self, dir: &Node, same_parent: bool) -> io::Result<bool> {
         const REDIRECT_MAX: usize = 256;
         let state = dir.state().clone();
@@ -639,7 +640,7 @@ impl Strata {
         } else {
             [b"/", lower.path.as_bytes()].concat()
         };
-        if value.len() >= REDIRECT_MAX {
+        if value.len() >= REDIRECT_MAX || !self.create_redirects {
             return Err(io::Error::from_raw_os_error(libc::EXDEV));
         }
         let upper = self.upper_or_erofs()?;
@@ -681,6 +682,16 @@ impl Strata {
         }
         let src_is_dir = src.kind == FileType::Directory;
         let dst_is_dir = dst.as_ref().is_some_and(|d| d.kind == FileType::Directory);
+        // Without redirects a directory with lower content cannot move:
+        // refused before anything is copied up, as in the kernel.
+        let lower_dir = |d: &Node| {
+            d.kind == FileType::Directory && d.state().origins.iter().any(|o| o.layer != UPPER)
+        };
+        if !self.create_redirects
+            && (lower_dir(&src) || (exchange && dst.as_deref().is_some_and(lower_dir)))
+        {
+            return Err(Errno::EXDEV);
+        }
         let dst_merged_dir = dst_is_dir
             && dst
                 .as_ref()

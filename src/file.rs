@@ -91,19 +91,39 @@ fn wants_write(flags: i32) -> bool {
 fn time_of(t: Option<TimeOrNow>) -> Option<Option<(i64, u32)>> {
     t.map(|t| match t {
         TimeOrNow::Now => None,
-        TimeOrNow::SpecificTime(st) => Some(match st.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-            Err(e) => {
-                let d = e.duration();
-                let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
-                if nsec > 0 {
-                    sec -= 1;
-                    nsec = 1_000_000_000 - nsec;
-                }
-                (sec, nsec)
-            }
-        }),
+        TimeOrNow::SpecificTime(st) => Some(timespec_of(st)),
     })
+}
+
+/// The timespec the caller gave, from the `SystemTime` fuser 0.18 made of
+/// it. For a time before the epoch, fuser computes `EPOCH - (-sec, nsec)`
+/// rather than `EPOCH - (-sec) + nsec` (so -0.5 s, the timespec (-1,
+/// 500000000), arrives as -1.5 s): undone here, which the pinned fuser
+/// version keeps true.
+fn timespec_of(st: std::time::SystemTime) -> (i64, u32) {
+    match st.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            ((d.as_secs() as i64).wrapping_neg(), d.subsec_nanos())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timespec_of;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_as_fuser_0_18_decodes_them() {
+        // fuser's decoding of the timespec (sec, nsec), sec < 0.
+        let fuser = |sec: i64, nsec: u32| UNIX_EPOCH - Duration::new(sec.unsigned_abs(), nsec);
+        assert_eq!(timespec_of(fuser(-1, 500_000_000)), (-1, 500_000_000));
+        assert_eq!(timespec_of(fuser(-100, 0)), (-100, 0));
+        assert_eq!(timespec_of(UNIX_EPOCH + Duration::new(5, 7)), (5, 7));
+        assert_eq!(timespec_of(UNIX_EPOCH), (0, 0));
+    }
 }
 
 /// The changes a `setattr` asks for.

@@ -47,6 +47,10 @@ pub struct FsConfig {
     pub noxattrs: bool,
     /// Pass fsync on to the upper layer (off with `fsync=0` or `volatile`).
     pub fsync: bool,
+    /// Rename directories with lower content by writing a redirect (else
+    /// EXDEV), and follow the redirects found in the layers.
+    pub create_redirects: bool,
+    pub follow_redirects: bool,
 }
 
 /// Default cache lifetime: layers only change through us, so the kernel's
@@ -68,6 +72,7 @@ pub struct Strata {
     static_nlink: bool,
     noxattrs: bool,
     pub(crate) fsync: bool,
+    pub(crate) create_redirects: bool,
     /// Tells the kernel about changes it cannot see coming (set once the
     /// session exists; see `daemon`).
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
@@ -101,6 +106,7 @@ impl Strata {
             upper.as_ref().map(|u| u.layer.clone() as Arc<dyn Layer>),
             lowers,
         );
+        stack.follow_redirects = config.follow_redirects;
         let inos = InoMap::new(stack.iter().map(|l| l.root_dev()));
         let index = match &upper {
             Some(u) => {
@@ -128,6 +134,7 @@ impl Strata {
             static_nlink: config.static_nlink,
             noxattrs: config.noxattrs,
             fsync: config.fsync,
+            create_redirects: config.create_redirects,
             notifier: Arc::default(),
         })
     }

@@ -31,6 +31,8 @@ pub struct LayerStack {
     /// index) are reached only through a node's origin.
     merged: usize,
     has_upper: bool,
+    /// Follow the layers' redirects (not with `redirect_dir=nofollow`).
+    pub follow_redirects: bool,
 }
 
 impl LayerStack {
@@ -41,6 +43,7 @@ impl LayerStack {
             merged: layers.len(),
             layers,
             has_upper,
+            follow_redirects: true,
         }
     }
 
@@ -143,6 +146,10 @@ impl LayerStack {
                 break;
             }
             if let Some(redirect) = marks.redirect {
+                if !self.follow_redirects {
+                    // redirect_dir=nofollow: like the kernel, refuse the name.
+                    return Err(io::Error::from_raw_os_error(libc::EPERM));
+                }
                 candidates.truncate(next);
                 candidates.extend(self.redirected(parent, here.layer, &redirect));
             }

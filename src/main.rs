@@ -6,6 +6,7 @@ use strata::options::{self, Command};
 use strata::{daemon, sys};
 
 fn main() -> ExitCode {
+    let inherited = sys::inherited_fds();
     let args = std::env::args_os().skip(1);
     let config = match options::parse_args(args, sys::geteuid() == 0) {
         Ok(Command::Version) => {
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
     if let Err(e) = options::validate(&config) {
         return fail(&e);
     }
-    match daemon::mount_and_serve(&config) {
+    match daemon::mount_and_serve(&config, &inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -47,6 +47,15 @@ pub fn merged_listing(
                 continue;
             }
             taken.insert(entry.name.clone());
+            if !stack.follow_redirects
+                && entry.kind == FileType::Directory
+                && layer
+                    .dir_marks(&origin.path.join(&entry.name))?
+                    .redirect
+                    .is_some()
+            {
+                continue; // its lookup is refused (redirect_dir=nofollow)
+            }
             out.push(MergedEntry {
                 ino: inos.ino(dev, entry.ino),
                 name: entry.name,

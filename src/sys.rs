@@ -250,10 +250,33 @@ pub fn exit_immediately(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The fds above stderr that the process was started with (call first
+/// thing, before opening any). The listing's own fd is closed again by the
+/// time the list is checked, so it drops out.
+pub fn inherited_fds() -> Vec<RawFd> {
+    let listed: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    listed
+        .into_iter()
+        // SAFETY: F_GETFD only asks whether the fd is open.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+        .collect()
+}
+
 /// Detaches the daemon: new session, working directory `/` (so it pins no
 /// directory the caller may want to unmount), stdin/stdout/stderr on
-/// /dev/null (so a caller that reads our stderr until EOF is not kept waiting).
-pub fn detach_from_caller() -> io::Result<()> {
+/// /dev/null and every other fd it inherited closed (so a caller that reads
+/// a pipe it gave us until EOF is not kept waiting).
+pub fn detach_from_caller(inherited: &[RawFd]) -> io::Result<()> {
+    for &fd in inherited {
+        // SAFETY: `fd` was inherited, and nothing of ours ever used its number.
+        unsafe { libc::close(fd) };
+    }
     // SAFETY: setsid has no preconditions; failure (already a leader) is harmless.
     unsafe { libc::setsid() };
     std::env::set_current_dir("/")?;
@@ -266,6 +289,13 @@ pub fn detach_from_caller() -> io::Result<()> {
         check(unsafe { libc::dup2(null.as_raw_fd(), target) })?;
     }
     Ok(())
+}
+
+/// `umount2(path, MNT_DETACH)`: the mount leaves the namespace now and
+/// goes away once its last user is done.
+pub fn umount_lazy(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(drop)
 }
 
 fn termination_signals() -> libc::sigset_t {

@@ -99,10 +99,13 @@ impl Side {
         if let Some(uw) = &upper {
             spec = spec.with_upper(uw);
         }
-        if kernel {
-            for o in setup.kernel_options {
-                spec = spec.with_option(o);
-            }
+        let options = if kernel {
+            setup.kernel_options
+        } else {
+            setup.strata_options
+        };
+        for o in options {
+            spec = spec.with_option(o);
         }
         let mut s = Side {
             name,
@@ -154,6 +157,8 @@ struct Setup {
     /// `index=on`: strata behaves that way without being told, and
     /// fuse-overlayfs refuses `redirect_dir=on`).
     kernel_options: &'static [&'static str],
+    /// Extra `-o` options of the strata mounts only.
+    strata_options: &'static [&'static str],
     /// The fixture forms strata runs over (one subject each).
     forms: &'static [Form],
 }
@@ -164,6 +169,7 @@ struct Setup {
 const DEFAULT: Setup = Setup {
     upper: true,
     kernel_options: &["redirect_dir=on", "index=on"],
+    strata_options: &[],
     forms: &[Form::Kernel, Form::Oci],
 };
 
@@ -615,6 +621,11 @@ fn metadata_copy_up() {
         Read("etc/group"),
         Utimens("etc/os-release", 1_500_000_000, 123_456_789),
         Stat("etc/os-release"),
+        // before the epoch: -0.5 s and -100 s
+        Utimens("etc/hostname", -1, 500_000_000),
+        Stat("etc/hostname"),
+        Utimens("usr/bin/app", -100, 0),
+        Stat("usr/bin/app"),
         GetXattr("etc/os-release", "user.fixture.layer"),
         SetXattr("usr/lib/libfoo.so.1", "user.added", b"value"),
         GetXattr("usr/lib/libfoo.so.1", "user.added"),
@@ -997,8 +1008,98 @@ fn rename_upper_directory() {
 /// with redirect_dir=on (without it the kernel says EXDEV).
 #[test]
 fn rename_lower_directory_redirect() {
+    let setup = Setup {
+        kernel_options: &["redirect_dir=on"],
+        ..DEFAULT
+    };
+    check_script(
+        "rename_lower_directory_redirect",
+        setup,
+        &lower_directory_renames(),
+    );
+}
+
+/// The same renames with `redirect_dir=off` on both (this kernel's
+/// default): every rename of a directory with lower content is EXDEV and
+/// changes nothing; upper-only directories still move.
+#[test]
+fn rename_lower_directory_redirect_off() {
+    let setup = Setup {
+        kernel_options: &["redirect_dir=off"],
+        strata_options: &["redirect_dir=off"],
+        ..DEFAULT
+    };
+    let r = check_script(
+        "rename_lower_directory_redirect_off",
+        setup,
+        &lower_directory_renames(),
+    );
+    let exdev = r
+        .kernel
+        .iter()
+        .filter(|o| o.to_string().contains("EXDEV"))
+        .count();
+    assert!(exdev >= 5, "the kernel refused only {exdev} renames");
+}
+
+/// Redirects written with `redirect_dir=on`, then read with `follow` and
+/// with `nofollow` (the renamed directories show only their upper
+/// content): the kernel and strata each on their own upper.
+#[test]
+fn redirects_followed_or_not() {
     use Op::*;
-    let script = vec![
+    let fx = prepare_fixture();
+    let since = SystemTime::now() - Duration::from_secs(2);
+    let script = [
+        Rename("usr/share", "share-moved"),
+        Rename("merged", "var/merged2"),
+        Create("var/merged2/new.txt", MODE_FILE, b"new"),
+    ];
+    let kernel_upper = UpperWork::new();
+    let strata_upper = UpperWork::new();
+    let spec = |form, uw: &UpperWork, option: &str| {
+        MountSpec::fixture(fx.path(), form)
+            .with_upper(uw)
+            .with_option(option)
+    };
+    {
+        let k = KernelOverlay::mount(&spec(Form::Kernel, &kernel_upper, "redirect_dir=on"));
+        let s = StrataMount::mount(&spec(Form::Kernel, &strata_upper, "redirect_dir=on"));
+        for op in &script {
+            let (want, got) = (apply(k.path(), op, since), apply(s.path(), op, since));
+            assert_eq!(want, got, "{op}");
+        }
+        k.unmount().unwrap();
+        s.unmount().unwrap();
+    }
+    let mut problems = Vec::new();
+    for option in ["redirect_dir=follow", "redirect_dir=nofollow"] {
+        let k = KernelOverlay::mount(&spec(Form::Kernel, &kernel_upper, option));
+        let s = StrataMount::mount(&spec(Form::Kernel, &strata_upper, option));
+        let (want, got) = (walk_masked(k.path(), since), walk_masked(s.path(), since));
+        problems.extend(
+            equivalence_problems("kernel", &want, "strata", &got)
+                .into_iter()
+                .map(|p| format!("{option}: {p}")),
+        );
+        let moved = want
+            .get(Path::new("share-moved"))
+            .and_then(|r| r.entries.clone());
+        let has_app = moved.is_some_and(|e| e.iter().any(|n| n == "app"));
+        if has_app != (option == "redirect_dir=follow") {
+            problems.push(format!(
+                "{option}: the kernel's /share-moved is not as expected"
+            ));
+        }
+        k.unmount().unwrap();
+        s.unmount().unwrap();
+    }
+    assert_no_problems("redirects_followed_or_not", &problems);
+}
+
+fn lower_directory_renames() -> Vec<Op> {
+    use Op::*;
+    vec![
         Rename("usr/share/other", "usr/share/other2"),
         ReadDir("usr/share/other2"),
         Read("usr/share/other2/data3"),
@@ -1041,12 +1142,7 @@ fn rename_lower_directory_redirect() {
         Stat("bin/["),
         ReadDir("usr"),
         ReadDir(""),
-    ];
-    let setup = Setup {
-        kernel_options: &["redirect_dir=on"],
-        ..DEFAULT
-    };
-    check_script("rename_lower_directory_redirect", setup, &script);
+    ]
 }
 
 /// link(2): lower files under new names (same inode, nlink), then unlink

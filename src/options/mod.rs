@@ -229,7 +229,7 @@ pub struct Config {
     /// `noxattrs=0|1`: disable extended attributes altogether. Default off.
     pub noxattrs: bool,
     /// `redirect_dir=on|off|follow|nofollow`: how renamed directories are
-    /// recorded, as in kernel overlayfs. Accepted and recorded.
+    /// recorded, as in kernel overlayfs (see [`Config::redirects`]).
     pub redirect_dir: Option<String>,
     /// `xino=on|off|auto`: how inode numbers from several filesystems are
     /// kept unique, as in kernel overlayfs. Accepted and recorded.
@@ -675,6 +675,19 @@ impl Config {
         options
     }
 
+    /// Whether renaming a directory with lower content writes a redirect,
+    /// and whether redirects in the layers are followed: (create, follow).
+    /// Like the kernel with `redirect_always_follow` (Debian's default),
+    /// `off` still follows; strata's default is `on`.
+    #[must_use]
+    pub fn redirects(&self) -> (bool, bool) {
+        match self.redirect_dir.as_deref() {
+            None | Some("on") => (true, true),
+            Some("nofollow") => (false, false),
+            Some(_) => (false, true), // off, follow
+        }
+    }
+
     /// Who may use the mount (`fuser::Config::acl`): everyone with
     /// `allow_other`, the owner and root with `allow_root`, else the owner.
     #[must_use]
@@ -749,7 +762,9 @@ fuse-overlayfs options:
     writeback=0|1          let the kernel cache writes (default 1)
     fast_ino=0|1           take inode numbers straight from the layers
     noxattrs=0|1           disable extended attributes
-    redirect_dir=on|off|follow|nofollow  how renamed directories are recorded
+    redirect_dir=on|off|follow|nofollow  directory renames: redirects
+                           (on, the default), or EXDEV and follow the layers'
+                           redirects (off, follow) or not (nofollow)
     xino=on|off|auto       how inode numbers are kept unique across layers
     ino32_t                keep inode numbers within 32 bits
     plugins=PATH[:PATH...] layer-store plugins to load

@@ -267,13 +267,13 @@ pub(super) fn apply_option(
         "xattr_permissions" => config.xattr_permissions = parse_xattr_permissions(value)?,
         "static_nlink" => config.static_nlink = switch_on(key, value)?,
         "noacl" => config.noacl = switch_on(key, value)?,
-        "fsync" => config.fsync = parse_zero_one(key, value)?,
+        "fsync" => config.fsync = parse_switch(key, value)?,
         "volatile" => config.volatile = switch_on(key, value)?,
         "timeout" => config.timeout = Some(parse_timeout(value)?),
-        "threaded" => config.threaded = Some(parse_zero_one(key, value)?),
-        "writeback" => config.writeback = parse_zero_one(key, value)?,
-        "fast_ino" => config.fast_ino = parse_zero_one(key, value)?,
-        "noxattrs" => config.noxattrs = parse_zero_one(key, value)?,
+        "threaded" => config.threaded = Some(parse_switch(key, value)?),
+        "writeback" => config.writeback = parse_switch(key, value)?,
+        "fast_ino" => config.fast_ino = parse_switch(key, value)?,
+        "noxattrs" => config.noxattrs = parse_switch(key, value)?,
         "redirect_dir" => config.redirect_dir = Some(parse_redirect_dir(value)?),
         "xino" => config.xino = Some(parse_xino(value)?),
         "ino32_t" => config.ino32 = switch_on(key, value)?,
@@ -390,13 +390,15 @@ pub(super) fn parse_choice(
         .ok_or_else(|| bad_value(key, value, expected))
 }
 
-/// `0` or `1`, for options such as `fsync=0`.
-pub(super) fn parse_zero_one(key: &str, value: Option<&[u8]>) -> Result<bool, OptionsError> {
-    match required(key, value)? {
-        b"0" => Ok(false),
-        b"1" => Ok(true),
-        other => Err(bad_value(key, other, "0 or 1")),
-    }
+/// A switch given as a number, as fuse-overlayfs reads it (`%d`): 0 is
+/// off, any other integer on.
+pub(super) fn parse_switch(key: &str, value: Option<&[u8]>) -> Result<bool, OptionsError> {
+    let raw = required(key, value)?;
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|n| n != 0)
+        .ok_or_else(|| bad_value(key, raw, "a number: 0 or 1"))
 }
 
 /// `redirect_dir=on|off|follow|nofollow`, as in kernel overlayfs.

@@ -107,16 +107,20 @@ fn zero_one_switches() {
     assert_eq!(config.threaded, Some(true));
     assert_eq!(with_options("lowerdir=/l,threaded=0").threaded, Some(false));
     for option in ["fsync", "threaded", "writeback", "fast_ino", "noxattrs"] {
+        // Any integer, as fuse-overlayfs's %d: non-zero is on.
         assert_eq!(
-            options_error(&format!("lowerdir=/l,{option}=2")),
-            format!("bad value for {option}: '2' (expected 0 or 1)")
+            options_error(&format!("lowerdir=/l,{option}=on")),
+            format!("bad value for {option}: 'on' (expected a number: 0 or 1)")
         );
         assert_eq!(
             options_error(&format!("lowerdir=/l,{option}")),
             format!("option '{option}' requires a value")
         );
     }
-    assert!(options_error("lowerdir=/l,fsync=yes").contains("expected 0 or 1"));
+    assert!(options_error("lowerdir=/l,fsync=yes").contains("expected a number"));
+    assert!(with_options("lowerdir=/l,noxattrs=2").noxattrs);
+    assert!(!with_options("lowerdir=/l,fsync=-0").fsync);
+    assert_eq!(with_options("lowerdir=/l,threaded=-1").threaded, Some(true));
 }
 
 #[test]

@@ -1,0 +1,241 @@
+//! The daemon's life as a caller sees it: `strata` returns once the mount
+//! is live, keeps none of the caller's pipes, exits when the mount goes
+//! away however it goes, and unmounts on SIGTERM, SIGINT and SIGHUP (a busy
+//! mount is detached and the daemon exits when its last user lets go).
+//!
+//! Needs root and /dev/fuse (fusermount3 for one case).
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A lower layer with a directory, and a mountpoint, in a fresh tempdir.
+struct Tree {
+    dir: TempDir,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-lifecycle.")
+            .tempdir()
+            .unwrap();
+        fs::create_dir_all(dir.path().join("lower/d")).unwrap();
+        fs::write(dir.path().join("lower/d/f"), b"f\n").unwrap();
+        fs::create_dir(dir.path().join("mnt")).unwrap();
+        Tree { dir }
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    fn mounted(&self) -> bool {
+        let mnt = self.mnt();
+        fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap()))
+    }
+
+    /// The daemon serving this tree's mount (found by its command line).
+    fn daemon(&self) -> Option<u32> {
+        let needle = format!("lowerdir={}", self.dir.path().join("lower").display());
+        fs::read_dir("/proc").unwrap().find_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some(pid)
+        })
+    }
+
+    /// Mounts it read-only with strata; returns the daemon's pid.
+    fn mount(&self) -> u32 {
+        let status = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("-o")
+            .arg(format!(
+                "lowerdir={}",
+                self.dir.path().join("lower").display()
+            ))
+            .arg(self.mnt())
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "strata failed: {status}");
+        assert!(self.mounted(), "strata returned before the mount was live");
+        self.daemon().expect("no daemon")
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if self.mounted() {
+            let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+        }
+        if let Some(pid) = self.daemon() {
+            // SAFETY: plain kill(2) of the daemon this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent (init, for a daemon) reaps it.
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2) of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+/// Reads `source` to EOF on a thread; the channel gets the bytes then.
+fn to_eof(mut source: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = source.read_to_end(&mut v);
+        let _ = tx.send(v);
+    });
+    rx
+}
+
+/// Like podman: stdout and stderr on pipes read to EOF, plus a pipe fd the
+/// caller leaked into the child. strata exits 0 with the mount live, and
+/// every pipe reaches EOF while the daemon keeps serving.
+#[test]
+fn returns_when_live_and_keeps_no_caller_pipe() {
+    let tree = Tree::new();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two fds; no O_CLOEXEC, so the child inherits the write end.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: pipe(2) just returned these two fds, owned by nobody else.
+    let (leak_read, leak_write) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={}",
+            tree.dir.path().join("lower").display()
+        ))
+        .arg(tree.mnt())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(leak_write);
+    let outs = [
+        to_eof(child.stdout.take().unwrap()),
+        to_eof(child.stderr.take().unwrap()),
+        to_eof(fs::File::from(leak_read)),
+    ];
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(tree.mounted());
+    for (name, rx) in ["stdout", "stderr", "leaked pipe"].iter().zip(outs) {
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("the daemon keeps the caller's {name} open"));
+        assert!(
+            got.is_empty(),
+            "{name}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let daemon = tree.daemon().expect("no daemon");
+    assert_eq!(fs::read_to_string(tree.mnt().join("d/f")).unwrap(), "f\n");
+    assert_eq!(
+        fs::read_link(format!("/proc/{daemon}/cwd")).unwrap(),
+        Path::new("/")
+    );
+}
+
+/// The daemon exits however the mount goes away.
+#[test]
+fn exits_when_unmounted() {
+    for command in [
+        &["fusermount3", "-u"][..],
+        &["umount"][..],
+        &["umount", "-l"][..],
+    ] {
+        let tree = Tree::new();
+        let pid = tree.mount();
+        let status = Command::new(command[0])
+            .args(&command[1..])
+            .arg(tree.mnt())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{command:?}: {status}");
+        wait_until(&format!("the daemon exits after {command:?}"), || {
+            !alive(pid)
+        });
+        assert!(!tree.mounted());
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP unmount and end the daemon.
+#[test]
+fn signals_unmount() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let tree = Tree::new();
+        let pid = tree.mount();
+        kill(pid, sig);
+        wait_until(&format!("signal {sig} ends the daemon"), || !alive(pid));
+        assert!(!tree.mounted(), "signal {sig} left the mount");
+    }
+}
+
+/// SIGTERM on a mount a process still uses (its working directory):
+/// detached at once (like `umount -l`), served until that process is done,
+/// then the daemon exits. A second signal ends it at once.
+#[test]
+fn sigterm_on_a_busy_mount() {
+    let tree = Tree::new();
+    let pid = tree.mount();
+    let mut user = Command::new("sleep")
+        .arg("2")
+        .current_dir(tree.mnt().join("d"))
+        .spawn()
+        .unwrap();
+    kill(pid, libc::SIGTERM);
+    wait_until("the busy mount is detached", || !tree.mounted());
+    assert!(alive(pid), "the daemon left while the mount was in use");
+    user.wait().unwrap();
+    wait_until("the daemon exits after its last user", || !alive(pid));
+
+    let tree = Tree::new();
+    let pid = tree.mount();
+    let mut user = Command::new("sleep")
+        .arg("30")
+        .current_dir(tree.mnt().join("d"))
+        .spawn()
+        .unwrap();
+    kill(pid, libc::SIGTERM);
+    wait_until("the busy mount is detached", || !tree.mounted());
+    kill(pid, libc::SIGTERM);
+    wait_until("a second signal ends the daemon", || !alive(pid));
+    let _ = user.kill();
+    let _ = user.wait();
+}

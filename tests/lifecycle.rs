@@ -239,3 +239,33 @@ fn sigterm_on_a_busy_mount() {
     let _ = user.kill();
     let _ = user.wait();
 }
+
+/// Layers are opened before strata returns and used only through those
+/// fds: a lowerdir given through a symlink and `..` (as containers-storage
+/// passes `l/ID/../diff`) keeps serving after the caller removes the
+/// symlink and renames the directory behind it.
+#[test]
+fn layers_are_held_by_fd() {
+    let tree = Tree::new();
+    let base = tree.dir.path();
+    fs::create_dir(base.join("l")).unwrap();
+    std::os::unix::fs::symlink(base.join("lower/d"), base.join("l/ID")).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("-o")
+        .arg(format!("lowerdir={}/l/ID/..", base.display()))
+        .arg(tree.mnt())
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // `l/ID/..` is `lower` (the symlink's target's parent), not `l`.
+    assert_eq!(fs::read_to_string(tree.mnt().join("d/f")).unwrap(), "f\n");
+    fs::remove_file(base.join("l/ID")).unwrap();
+    fs::rename(base.join("lower"), base.join("moved")).unwrap();
+    assert_eq!(fs::read_to_string(tree.mnt().join("d/f")).unwrap(), "f\n");
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg(tree.mnt())
+        .status();
+    fs::rename(base.join("moved"), base.join("lower")).unwrap();
+}

@@ -10,18 +10,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use fuser::{Errno, FileType, INodeNo, TimeOrNow};
+use fuser::{BackingId, Errno, FileType, INodeNo, TimeOrNow};
 use parking_lot::RwLock;
 
 use crate::copy_up::UPPER;
 use crate::fs::{Strata, errno};
-use crate::inode::Node;
+use crate::inode::{Node, Served};
 use crate::readdir::MergedEntry;
 use crate::sys;
 
 #[derive(Debug)]
 pub struct OpenFile {
     fd: RwLock<Arc<OwnedFd>>,
+    /// Opened for writing.
+    writable: bool,
     /// Whether `fd` is the upper copy; a read-only open of a lower file is
     /// switched to the upper copy once another open copies it up.
     on_upper: AtomicBool,
@@ -30,25 +32,37 @@ pub struct OpenFile {
 
 /// Counts as an open handle of its node for as long as it lives.
 #[derive(Debug)]
-pub struct Handle(Arc<Node>);
+pub struct Handle {
+    node: Arc<Node>,
+    passthrough: AtomicBool,
+}
 
 impl Handle {
     pub fn new(node: &Arc<Node>) -> Handle {
         node.opened();
-        Handle(node.clone())
+        Handle {
+            node: node.clone(),
+            passthrough: AtomicBool::new(false),
+        }
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.0.closed();
+        self.node
+            .closed(if self.passthrough.load(Ordering::Acquire) {
+                Served::Passthrough
+            } else {
+                Served::Plain
+            });
     }
 }
 
 impl OpenFile {
-    pub fn new(fd: OwnedFd, on_upper: bool, node: Handle) -> OpenFile {
+    pub fn new(fd: OwnedFd, on_upper: bool, writable: bool, node: Handle) -> OpenFile {
         OpenFile {
             fd: RwLock::new(Arc::new(fd)),
+            writable,
             on_upper: AtomicBool::new(on_upper),
             node,
         }
@@ -162,8 +176,46 @@ impl Strata {
         Ok(OpenFile::new(
             fd,
             top.layer == UPPER && self.upper.is_some(),
+            wants_write(flags),
             handle,
         ))
+    }
+
+    /// The backing file to hand `file` to the kernel with (FUSE
+    /// passthrough), registered through `register` on the inode's first
+    /// such open; `None` to serve it here. Passthrough serves a file of a
+    /// read-only mount or an upper file; a lower file of a writable mount
+    /// stays here, so that a reader moves to the copy when another open
+    /// copies it up (the kernel would keep reading the lower file).
+    pub(crate) fn passthrough_backing(
+        &self,
+        file: &OpenFile,
+        register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let node = &file.node.node;
+        if !self.passthrough_on.load(Ordering::Relaxed)
+            || node.kind != FileType::RegularFile
+            || (self.upper.is_some() && !file.on_upper.load(Ordering::Acquire))
+        {
+            return None;
+        }
+        let fd = file.fd();
+        let backing = node.serve_through(|| match register(&fd) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                if self.passthrough_on.swap(false, Ordering::Relaxed) {
+                    log::warn!(
+                        "FUSE passthrough refused ({e}): reads and writes go through the daemon"
+                    );
+                }
+                None
+            }
+        })?;
+        file.node.passthrough.store(true, Ordering::Release);
+        if file.writable {
+            node.mark_written_directly();
+        }
+        Some(backing)
     }
 
     /// The fd to read through: switched to the upper copy if the file was
@@ -171,7 +223,7 @@ impl Strata {
     /// certain to be the copy's).
     pub(crate) fn read_fd(&self, file: &OpenFile) -> Arc<OwnedFd> {
         if !file.on_upper.load(Ordering::Acquire)
-            && let Some(copy) = file.node.0.upper_copy()
+            && let Some(copy) = file.node.node.upper_copy()
         {
             *file.fd.write() = copy;
             file.on_upper.store(true, Ordering::Release);

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -51,6 +52,8 @@ pub struct FsConfig {
     /// EXDEV), and follow the redirects found in the layers.
     pub create_redirects: bool,
     pub follow_redirects: bool,
+    /// Use FUSE passthrough where the kernel offers it.
+    pub passthrough: bool,
 }
 
 /// Default cache lifetime: layers only change through us, so the kernel's
@@ -73,6 +76,10 @@ pub struct Strata {
     noxattrs: bool,
     pub(crate) fsync: bool,
     pub(crate) create_redirects: bool,
+    /// Ask for FUSE passthrough (`passthrough=0` turns it off).
+    passthrough_wanted: bool,
+    /// FUSE passthrough negotiated and not refused so far.
+    pub(crate) passthrough_on: AtomicBool,
     /// Tells the kernel about changes it cannot see coming (set once the
     /// session exists; see `daemon`).
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
@@ -135,6 +142,8 @@ impl Strata {
             noxattrs: config.noxattrs,
             fsync: config.fsync,
             create_redirects: config.create_redirects,
+            passthrough_wanted: config.passthrough,
+            passthrough_on: AtomicBool::new(false),
             notifier: Arc::default(),
         })
     }
@@ -153,6 +162,9 @@ impl Strata {
     }
 
     fn attr(&self, node: &Node) -> FileAttr {
+        if node.written_directly() {
+            self.refresh(node); // the kernel wrote it through passthrough
+        }
         let mut attr = node.attr();
         if self.static_nlink && node.kind == FileType::Directory {
             attr.nlink = 1;
@@ -219,6 +231,21 @@ impl fuser::Filesystem for Strata {
         if let Err(unsupported) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {unsupported:?}");
         }
+        // Passthrough (kernel >= 6.9, CAP_SYS_ADMIN): the kernel reads and
+        // writes upper files, and the files of a read-only mount, itself.
+        // Layers on a plain filesystem: one level of stacking.
+        let passthrough = self.passthrough_wanted
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough_on.store(passthrough, Ordering::Relaxed);
+        info!(
+            "file data: {}",
+            if passthrough {
+                "FUSE passthrough"
+            } else {
+                "through the daemon (no FUSE passthrough)"
+            }
+        );
         info!(
             "strata serving {} layer(s){}",
             self.stack.len(),
@@ -268,14 +295,18 @@ impl fuser::Filesystem for Strata {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self
+        let opened = self
             .node(ino)
-            .and_then(|node| self.open_file(&node, flags.0))
-        {
-            Ok(file) => {
-                let fh = self.files.insert(file);
-                // Every change goes through this mount, so cached pages stay valid.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            .and_then(|node| Ok((self.open_file(&node, flags.0)?, node)));
+        match opened {
+            Ok((file, node)) => {
+                let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
+                let fh = FileHandle(self.files.insert(file));
+                match backing {
+                    // The kernel allows no cache flag with passthrough.
+                    Some(b) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
+                    None => reply.opened(fh, cache_flags(&node)),
+                }
             }
             Err(e) => reply.error(e),
         }
@@ -552,16 +583,15 @@ impl fuser::Filesystem for Strata {
         match self.create_object(parent, name, object, creator(req)) {
             Ok((node, Some(fd))) => {
                 let node = self.nodes.remember(node);
-                let fh = self
-                    .files
-                    .insert(OpenFile::new(fd, true, Handle::new(&node)));
-                reply.created(
-                    &self.ttl,
-                    &self.attr(&node),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
+                let file = OpenFile::new(fd, true, true, Handle::new(&node));
+                let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
+                let fh = FileHandle(self.files.insert(file));
+                let (ttl, attr) = (&self.ttl, self.attr(&node));
+                let (none, keep) = (FopenFlags::empty(), FopenFlags::FOPEN_KEEP_CACHE);
+                match backing {
+                    Some(b) => reply.created_passthrough(ttl, &attr, Generation(0), fh, none, &b),
+                    None => reply.created(ttl, &attr, Generation(0), fh, keep),
+                }
             }
             Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(e),
@@ -752,6 +782,17 @@ impl fuser::Filesystem for Strata {
             .node(ino)
             .and_then(|node| self.set_xattr(&node, name, None));
         reply_empty(reply, result);
+    }
+}
+
+/// Every change goes through this mount, so cached pages stay valid across
+/// opens, unless the kernel wrote the file through passthrough, beside
+/// the page cache of this inode.
+fn cache_flags(node: &Node) -> FopenFlags {
+    if node.written_directly() {
+        FopenFlags::empty()
+    } else {
+        FopenFlags::FOPEN_KEEP_CACHE
     }
 }
 

@@ -10,11 +10,11 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
-use fuser::{FileAttr, FileType, INodeNo};
+use fuser::{BackingId, FileAttr, FileType, INodeNo};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::layer::{RelPath, Stat, system_time};
@@ -69,21 +69,38 @@ pub struct Node {
     /// The (directory, name) pairs a hard-linked node was found under, so
     /// it can move to another one when the name in its path is deleted.
     names: Mutex<Vec<(u64, OsString)>>,
-    /// Open file handles of this node.
-    open_files: AtomicUsize,
-    /// What its open handles need that no path reaches any more.
+    /// What its open handles need.
     held: Mutex<Held>,
+    /// Written through FUSE passthrough (see `mark_written_directly`).
+    written_directly: AtomicBool,
 }
 
-/// Fds a node keeps while it has open handles, dropped with the last one.
+/// What a node keeps for its open handles, dropped with the last one.
 #[derive(Debug, Default)]
 struct Held {
+    /// Open file handles, and how many of them go through the daemon
+    /// (not FUSE passthrough): the kernel refuses to mix the two kinds on
+    /// one inode, so a passthrough open needs every other handle to be one.
+    open: usize,
+    plain: usize,
     /// The upper copy (read-only), made while handles still read the lower
     /// file: they switch to it on their next read.
     upper_copy: Option<Arc<OwnedFd>>,
     /// The object itself (O_PATH) after its last name was deleted: fchmod,
     /// fsetxattr and the like on an open fd reach it through this alone.
     orphan: Option<Arc<OwnedFd>>,
+    /// The passthrough backing file registered for this inode: one for
+    /// all its passthrough handles, as the kernel wants.
+    backing: Option<Arc<BackingId>>,
+}
+
+/// How an open handle is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Reads and writes come to the daemon.
+    Plain,
+    /// The kernel reads and writes the backing file itself.
+    Passthrough,
 }
 
 impl Node {
@@ -96,27 +113,69 @@ impl Node {
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
             names: Mutex::new(Vec::new()),
-            open_files: AtomicUsize::new(0),
             held: Mutex::new(Held::default()),
+            written_directly: AtomicBool::new(false),
         }
     }
 
-    /// A file handle of this node was opened. Counted before the open reads
-    /// the node's state, so a concurrent copy-up either is seen by the open
-    /// or sees the handle.
+    /// A file handle of this node was opened (as `Plain` until
+    /// [`Node::serve_through`] says otherwise). Counted before the open
+    /// reads the node's state, so a concurrent copy-up either is seen by
+    /// the open or sees the handle.
     pub fn opened(&self) {
-        self.open_files.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.held.lock();
+        held.open += 1;
+        held.plain += 1;
     }
 
-    /// A file handle was released; the last one drops the held fds.
-    pub fn closed(&self) {
-        if self.open_files.fetch_sub(1, Ordering::SeqCst) == 1 {
-            *self.held.lock() = Held::default();
+    /// A file handle was released; the last one drops what was held.
+    pub fn closed(&self, served: Served) {
+        let mut held = self.held.lock();
+        if served == Served::Plain {
+            held.plain -= 1;
+        }
+        held.open -= 1;
+        if held.open == 0 {
+            *held = Held::default();
         }
     }
 
     pub fn is_open(&self) -> bool {
-        self.open_files.load(Ordering::SeqCst) > 0
+        self.held.lock().open > 0
+    }
+
+    /// Makes one plain handle (the caller's, just opened) a passthrough
+    /// one, with the inode's backing file (registered by `register` on
+    /// first use). `None` while another plain handle is open, or when
+    /// registering fails.
+    pub fn serve_through(
+        &self,
+        register: impl FnOnce() -> Option<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let mut held = self.held.lock();
+        if held.plain > 1 {
+            return None;
+        }
+        let backing = match &held.backing {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(register()?);
+                held.backing = Some(b.clone());
+                b
+            }
+        };
+        held.plain -= 1;
+        Some(backing)
+    }
+
+    /// The kernel writes this node's file without telling us (passthrough):
+    /// its attributes are read afresh from then on.
+    pub fn mark_written_directly(&self) {
+        self.written_directly.store(true, Ordering::Relaxed);
+    }
+
+    pub fn written_directly(&self) -> bool {
+        self.written_directly.load(Ordering::Relaxed)
     }
 
     pub fn hold_upper_copy(&self, fd: OwnedFd) {

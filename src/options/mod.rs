@@ -228,6 +228,9 @@ pub struct Config {
     pub fast_ino: bool,
     /// `noxattrs=0|1`: disable extended attributes altogether. Default off.
     pub noxattrs: bool,
+    /// `passthrough=0|1` (strata's own): let the kernel read and write
+    /// files itself where it can (FUSE passthrough). Default on.
+    pub passthrough: bool,
     /// `redirect_dir=on|off|follow|nofollow`: how renamed directories are
     /// recorded, as in kernel overlayfs (see [`Config::redirects`]).
     pub redirect_dir: Option<String>,
@@ -642,6 +645,7 @@ impl Default for Config {
             writeback: true,
             fast_ino: false,
             noxattrs: false,
+            passthrough: true,
             redirect_dir: None,
             xino: None,
             ino32: false,
@@ -762,6 +766,7 @@ fuse-overlayfs options:
     writeback=0|1          let the kernel cache writes (default 1)
     fast_ino=0|1           take inode numbers straight from the layers
     noxattrs=0|1           disable extended attributes
+    passthrough=0|1        FUSE passthrough of file data (default 1)
     redirect_dir=on|off|follow|nofollow  directory renames: redirects
                            (on, the default), or EXDEV and follow the layers'
                            redirects (off, follow) or not (nofollow)

@@ -274,6 +274,7 @@ pub(super) fn apply_option(
         "writeback" => config.writeback = parse_switch(key, value)?,
         "fast_ino" => config.fast_ino = parse_switch(key, value)?,
         "noxattrs" => config.noxattrs = parse_switch(key, value)?,
+        "passthrough" => config.passthrough = parse_switch(key, value)?,
         "redirect_dir" => config.redirect_dir = Some(parse_redirect_dir(value)?),
         "xino" => config.xino = Some(parse_xino(value)?),
         "ino32_t" => config.ino32 = switch_on(key, value)?,

@@ -526,6 +526,7 @@ fn usage_mentions_every_option() {
         "writeback=",
         "fast_ino=",
         "noxattrs=",
+        "passthrough=",
         "redirect_dir=",
         "xino=",
         "ino32_t",

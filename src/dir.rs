@@ -221,6 +221,7 @@ impl Strata {
     fn name_removed(&self, node: &Node, from_upper: bool, dir: &Node, name: &OsStr) {
         if node.kind == FileType::Directory {
             node.update(|s| s.stat.nlink = 0);
+            node.mark_gone();
             return;
         }
         // An upper link going away lowers the real link count; a whited-out
@@ -236,6 +237,7 @@ impl Strata {
         if from_upper && !indexed && state.stat.nlink == 0 && state.top().layer == UPPER {
             // Its inode number is free for the upper filesystem to reuse.
             self.inos.unalias(state.stat.dev, state.stat.ino);
+            node.mark_gone();
         }
         node.remove_name(dir.ino, name);
         if state.path == dir.state().path.join(name) && !state.detached {
@@ -349,10 +351,7 @@ impl Strata {
         let node = state.map(|mut state| {
             let ino = self.inos.ino(state.stat.dev, state.stat.ino);
             self.apply_index(ino, &mut state);
-            let node = self
-                .nodes
-                .get(ino)
-                .unwrap_or_else(|| Arc::new(Node::new(ino, parent.ino, state.clone())));
+            let node = self.nodes.live_or_new(ino, parent.ino, &state);
             node.update(|s| *s = state);
             node.set_parent(parent.ino);
             node.add_name(parent.ino, name);

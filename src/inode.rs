@@ -73,6 +73,8 @@ pub struct Node {
     held: Mutex<Held>,
     /// Written through FUSE passthrough (see `mark_written_directly`).
     written_directly: AtomicBool,
+    /// Deleted for good: its inode number may now name another object.
+    gone: AtomicBool,
 }
 
 /// What a node keeps for its open handles, dropped with the last one.
@@ -115,7 +117,15 @@ impl Node {
             names: Mutex::new(Vec::new()),
             held: Mutex::new(Held::default()),
             written_directly: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
         }
+    }
+
+    /// The object is deleted for good (an upper directory removed, the last
+    /// link of an upper file gone): the filesystem may give its inode number
+    /// to a new object, which must get a node of its own.
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
     }
 
     /// A file handle of this node was opened (as `Plain` until
@@ -294,6 +304,27 @@ impl InodeTable {
         let entry = self.nodes.entry(candidate.ino).or_insert(candidate);
         entry.lookups.fetch_add(1, Ordering::Relaxed);
         entry.clone()
+    }
+
+    /// The node for an object just resolved as `state` with inode number
+    /// `ino`: the table's, unless that one is of an object deleted for good
+    /// (the upper filesystem reused its number) or of another type; then a
+    /// new node takes its place, with its lookup count, since the kernel
+    /// pays back the old inode's lookups under the same number.
+    pub fn live_or_new(&self, ino: u64, parent: u64, state: &NodeState) -> Arc<Node> {
+        let fresh = || Arc::new(Node::new(ino, parent, state.clone()));
+        let Some(mut entry) = self.nodes.get_mut(&ino) else {
+            return fresh();
+        };
+        let old = entry.value();
+        if !old.gone.load(Ordering::Acquire) && old.kind == state.stat.kind() {
+            return old.clone();
+        }
+        let new = fresh();
+        new.lookups
+            .store(old.lookups.load(Ordering::Relaxed), Ordering::Relaxed);
+        *entry.value_mut() = new.clone();
+        new
     }
 
     /// Pays back `count` lookups; drops the node when none are left.

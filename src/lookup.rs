@@ -240,9 +240,7 @@ impl Strata {
             let ino = self.inos.ino(top.dev, top.ino);
             self.apply_index(ino, &mut state);
             // A hard link reached by another name: share the known node.
-            self.nodes
-                .get(ino)
-                .unwrap_or_else(|| Arc::new(Node::new(ino, parent.0, state)))
+            self.nodes.live_or_new(ino, parent.0, &state)
         });
         let dentry = match &node {
             Some(n) => Dentry::Positive(n.clone()),

@@ -140,13 +140,11 @@ fn differences(test: &str, scenario: Scenario) -> Vec<String> {
     let fx = prepare_fixture();
     let since = SystemTime::now() - Duration::from_secs(2);
     let kernel_options = ["redirect_dir=on", "index=on"];
-    let run = |form: Form, kernel: bool| {
+    let run = |form: Form, kernel: bool, options: &[&str]| {
         let uw = UpperWork::new();
         let mut spec = MountSpec::fixture(fx.path(), form).with_upper(&uw);
-        if kernel {
-            for o in kernel_options {
-                spec = spec.with_option(o);
-            }
+        for o in options {
+            spec = spec.with_option(o);
         }
         let mut log = Log::default();
         let walk_of = |root: &Path| {
@@ -175,7 +173,7 @@ fn differences(test: &str, scenario: Scenario) -> Vec<String> {
         };
         (log.0, before, after, upper_walk(&uw.upper), uw)
     };
-    let (want_log, want, want_after, want_upper, _kuw) = run(Form::Kernel, true);
+    let (want_log, want, want_after, want_upper, _kuw) = run(Form::Kernel, true, &kernel_options);
     if std::env::var_os("OPEN_FILES_TRACE").is_some() {
         eprintln!("[{test}] kernel: {want_log:#?}");
     }
@@ -184,9 +182,15 @@ fn differences(test: &str, scenario: Scenario) -> Vec<String> {
         "{test}: the scenario recorded nothing"
     );
     let mut problems = Vec::new();
-    for form in [Form::Kernel, Form::Oci] {
-        let name = format!("strata({})", form.dir_name());
-        let (log, got, got_after, got_upper, _uw) = run(form, false);
+    // Upper files go through FUSE passthrough by default; once more with
+    // every byte through the daemon.
+    for (form, options) in [
+        (Form::Kernel, &[][..]),
+        (Form::Oci, &[][..]),
+        (Form::Kernel, &["passthrough=0"][..]),
+    ] {
+        let name = format!("strata({}{})", form.dir_name(), options.join(","));
+        let (log, got, got_after, got_upper, _uw) = run(form, false, options);
         for (i, (w, g)) in want_log.iter().zip(&log).enumerate() {
             if w != g {
                 problems.push(format!("{name}: call #{i}: kernel {w:?}, strata {g:?}"));

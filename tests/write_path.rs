@@ -1253,6 +1253,36 @@ fn hard_links_index_on() {
     check_script("hard_links_index_on", DEFAULT, &hard_link_script());
 }
 
+/// The upper filesystem gives a deleted file's inode number to the next
+/// object created, while the kernel may still hold the old inode: each new
+/// object (a symlink, a directory, a fifo, a file) must show as itself.
+#[test]
+fn inode_numbers_reused_by_the_upper() {
+    use Op::*;
+    let mut script = Vec::new();
+    for i in 0..40 {
+        let name = |what: &str| leak(format!("tmp/{what}{i}"));
+        let (f, s, d) = (name("f"), name("s"), name("d"));
+        script.extend([
+            Create(f, MODE_FILE, b"x"),
+            Stat(f),
+            Unlink(f),
+            Symlink("target", s),
+            Stat(s),
+            Unlink(s),
+            Mkdir(d, MODE_DIR),
+            Stat(d),
+            Rmdir(d),
+            Mkfifo(f, 0o600),
+            Stat(f),
+            Unlink(f),
+            Create(s, 0o600, b"y"),
+            Read(s),
+        ]);
+    }
+    check_script("inode_numbers_reused_by_the_upper", DEFAULT, &script);
+}
+
 /// Operations that must fail, with the same errno as the kernel's.
 #[test]
 fn errors() {
@@ -1660,9 +1690,29 @@ fn random_operations() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
+    random_operations_with("random_operations", DEFAULT, seed, n);
+}
+
+/// The same with every byte through the daemon (no FUSE passthrough).
+#[test]
+fn random_operations_without_passthrough() {
+    let setup = Setup {
+        strata_options: &["passthrough=0"],
+        forms: &[Form::Kernel],
+        ..DEFAULT
+    };
+    random_operations_with(
+        "random_operations_without_passthrough",
+        setup,
+        0x5eed_2024_0002,
+        1000,
+    );
+}
+
+fn random_operations_with(test: &str, setup: Setup, seed: u64, n: usize) {
     let mut rng = Rng::new(seed);
     // Each op is chosen looking at the reference's tree as it is then.
-    let r = run_steps("random_operations", DEFAULT, &mut |i, root| {
+    let r = run_steps(test, setup, &mut |i, root| {
         (i < n).then(|| {
             let op = random_op(&mut rng, root);
             (op, op)
@@ -1670,7 +1720,7 @@ fn random_operations() {
     });
     assert_no_problems(
         &format!(
-            "random_operations (WRITE_PATH_SEED={seed} WRITE_PATH_OPS={n}): differs from kernel overlayfs"
+            "{test} (WRITE_PATH_SEED={seed} WRITE_PATH_OPS={n}): differs from kernel overlayfs"
         ),
         &r.problems,
     );

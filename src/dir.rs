@@ -17,9 +17,9 @@ use fuser::{Errno, FileType, INodeNo};
 use crate::copy_up::{UPPER, Upper, keeping_times, remove_tree};
 use crate::dcache::Dentry;
 use crate::fs::{Strata, errno};
-use crate::inode::{Node, NodeState};
+use crate::inode::{Node, NodeState, Origin};
 use crate::layer::{
-    Layer, NAME_MAX, OPAQUE_MARKER, RelPath, Stat, WHITEOUT_PREFIX, is_absent, is_whiteout_name,
+    NAME_MAX, OPAQUE_MARKER, RelPath, Stat, WHITEOUT_PREFIX, is_absent, is_whiteout_name,
     whiteout_name_for,
 };
 use crate::readdir::merged_listing;
@@ -351,15 +351,23 @@ impl Strata {
         let node = state.map(|mut state| {
             let ino = self.inos.ino(state.stat.dev, state.stat.ino);
             self.apply_index(ino, &mut state);
-            let node = self.nodes.live_or_new(ino, parent.ino, &state);
-            node.update(|s| *s = state);
-            node.set_parent(parent.ino);
-            node.add_name(parent.ino, name);
-            node
+            self.install(parent, name, ino, state)
         });
-        let dentry = node.clone().map_or(Dentry::Negative, Dentry::Positive);
-        self.dcache.insert(parent.ino, name, dentry);
+        if node.is_none() {
+            self.dcache.insert(parent.ino, name, Dentry::Negative);
+        }
         Ok(node)
+    }
+
+    /// Makes `state` the node of `name` in `parent` and caches it.
+    fn install(&self, parent: &Node, name: &OsStr, ino: u64, state: NodeState) -> Arc<Node> {
+        let node = self.nodes.live_or_new(ino, parent.ino, &state);
+        node.update(|s| *s = state);
+        node.set_parent(parent.ino);
+        node.add_name(parent.ino, name);
+        self.dcache
+            .insert(parent.ino, name, Dentry::Positive(node.clone()));
+        node
     }
 
     /// Creates `name` in `parent`. Returns the new node and, for a file, its
@@ -395,6 +403,15 @@ impl Strata {
         } else {
             creator.gid
         };
+        if existing == UpperEntry::Absent {
+            match self.create_in_place(pfd.as_fd(), name, &object, creator, gid, parent_has_lower) {
+                Ok(fd) => return self.created(&dir, &dir_state, pfd.as_fd(), name, fd),
+                // Refused as the caller (the upper differs from what the
+                // kernel checked): build it as the daemon below.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {}
+                Err(e) => return Err(errno(e)),
+            }
+        }
         let tmp = upper.tmp_name();
         let work = upper.work();
         let built = (|| -> io::Result<(Option<OwnedFd>, bool)> {
@@ -469,16 +486,132 @@ impl Strata {
             let _ = remove_tmp(upper, &tmp);
             return Err(errno(e));
         }
-        self.refresh(&dir);
+        self.created(&dir, &dir_state, pfd.as_fd(), name, fd)
+    }
+
+    /// Creates `name` straight in upper directory `dir` where no whiteout
+    /// is to be replaced, as kernel overlayfs does: as the caller (fsuid and
+    /// fsgid), so it is the caller's from its first moment and the
+    /// filesystem applies the set-group-id directory rules itself; no
+    /// workdir, no rename.
+    fn create_in_place(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        object: &NewObject<'_>,
+        creator: Creator,
+        gid: u32,
+        parent_has_lower: bool,
+    ) -> io::Result<Option<OwnedFd>> {
+        let cname = cstr(name);
+        // Root creating as root needs no switch (the common case).
+        let ids = ((creator.uid, creator.gid) != (0, 0) || !self.is_root)
+            .then(|| sys::FsIds::switch(creator.uid, creator.gid));
+        let (fd, mode) = match *object {
+            NewObject::File { mode, flags } => {
+                let flags = (flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL))
+                    | libc::O_CREAT
+                    | libc::O_EXCL;
+                let fd = sys::openat2(dir, &cname, flags, mode & 0o7777, sys::RESOLVE_IN_LAYER)?;
+                (Some(fd), mode)
+            }
+            NewObject::Dir { mode } => {
+                sys::mkdirat(dir, &cname, mode & 0o7777)?;
+                (None, mode)
+            }
+            NewObject::Special { mode, rdev } => {
+                if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EPERM));
+                }
+                sys::mknodat(dir, &cname, mode, rdev)?;
+                (None, mode)
+            }
+            NewObject::Symlink { target } => {
+                sys::symlinkat(&cstr(target), dir, &cname)?;
+                (None, libc::S_IFLNK | 0o777)
+            }
+        };
+        drop(ids);
+        let finish = || -> io::Result<()> {
+            let st = sys::fstatat(dir, &cname, libc::AT_SYMLINK_NOFOLLOW)?;
+            if (st.st_uid, st.st_gid) != (creator.uid, gid) {
+                // The ids did not switch (an unprivileged daemon): chown.
+                sys::fchownat(dir, &cname, creator.uid, gid, libc::AT_SYMLINK_NOFOLLOW)?;
+            }
+            let st = sys::fstatat(dir, &cname, libc::AT_SYMLINK_NOFOLLOW)?;
+            let setid = libc::S_ISUID | libc::S_ISGID;
+            let is_dir =
+                mode & libc::S_IFMT == libc::S_IFDIR || matches!(object, NewObject::Dir { .. });
+            let want = if is_dir && st.st_mode & libc::S_ISGID != 0 {
+                mode | libc::S_ISGID // inherited from the directory
+            } else {
+                mode
+            };
+            if !matches!(object, NewObject::Symlink { .. })
+                && (st.st_mode ^ want) & setid != 0
+                && want & setid != 0
+            {
+                // The caller asked for set-id bits the filesystem (judging
+                // by the daemon's groups, or after a chown) cleared.
+                let fd = sys::openat2(
+                    dir,
+                    &cname,
+                    libc::O_PATH | libc::O_NOFOLLOW,
+                    0,
+                    sys::RESOLVE_IN_LAYER,
+                )?;
+                sys::fchmod_any(fd.as_fd(), want & 0o7777)?;
+            }
+            if is_dir && parent_has_lower {
+                // Like the kernel: no lower directory can ever show through.
+                make_opaque(open_dir_in(dir, &cname)?.as_fd())?;
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let flag = if matches!(object, NewObject::Dir { .. }) {
+                libc::AT_REMOVEDIR
+            } else {
+                0
+            };
+            let _ = sys::unlinkat(dir, &cname, flag);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+
+    /// After a create: the new object's node. It is a new upper object
+    /// (a directory made opaque where lower layers are merged), so its state
+    /// needs no lookup through the layers; `upper_dir` is its directory.
+    fn created(
+        &self,
+        dir: &Arc<Node>,
+        dir_state: &NodeState,
+        upper_dir: BorrowedFd<'_>,
+        name: &OsStr,
+        fd: Option<OwnedFd>,
+    ) -> Result<(Arc<Node>, Option<OwnedFd>), Errno> {
+        let dir_stat = sys::fstat(upper_dir).map_err(errno)?;
+        dir.update(|s| s.stat = dir_stat.into());
+        let stat: Stat = sys::fstatat(upper_dir, &cstr(name), libc::AT_SYMLINK_NOFOLLOW)
+            .map_err(errno)?
+            .into();
         // A brand-new inode: a number the upper filesystem reused must not
         // keep an alias of the object that had it before.
-        if let Ok(st) = upper.layer.stat(&dir_state.path.join(name)) {
-            self.inos.unalias(st.dev, st.ino);
-        }
-        let node = self
-            .resolve_fresh(&dir, name)
-            .map_err(errno)?
-            .ok_or(Errno::EIO)?;
+        self.inos.unalias(stat.dev, stat.ino);
+        let path = dir_state.path.join(name);
+        let state = NodeState {
+            origins: vec![Origin {
+                layer: UPPER,
+                path: path.clone(),
+            }],
+            path,
+            stat,
+            nlink_bias: 0,
+            detached: false,
+        };
+        let ino = self.inos.ino(stat.dev, stat.ino);
+        let node = self.install(dir, name, ino, state);
         Ok((node, fd))
     }
 

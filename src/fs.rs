@@ -76,6 +76,8 @@ pub struct Strata {
     noxattrs: bool,
     pub(crate) fsync: bool,
     pub(crate) create_redirects: bool,
+    /// The daemon runs as root (in its namespace).
+    pub(crate) is_root: bool,
     /// Ask for FUSE passthrough (`passthrough=0` turns it off).
     passthrough_wanted: bool,
     /// FUSE passthrough negotiated and not refused so far.
@@ -142,6 +144,7 @@ impl Strata {
             noxattrs: config.noxattrs,
             fsync: config.fsync,
             create_redirects: config.create_redirects,
+            is_root: sys::geteuid() == 0,
             passthrough_wanted: config.passthrough,
             passthrough_on: AtomicBool::new(false),
             notifier: Arc::default(),
@@ -583,10 +586,11 @@ impl fuser::Filesystem for Strata {
         match self.create_object(parent, name, object, creator(req)) {
             Ok((node, Some(fd))) => {
                 let node = self.nodes.remember(node);
+                // Fresh attributes (before passthrough marks it written).
+                let (ttl, attr) = (&self.ttl, self.attr(&node));
                 let file = OpenFile::new(fd, true, true, Handle::new(&node));
                 let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
                 let fh = FileHandle(self.files.insert(file));
-                let (ttl, attr) = (&self.ttl, self.attr(&node));
                 let (none, keep) = (FopenFlags::empty(), FopenFlags::FOPEN_KEEP_CACHE);
                 match backing {
                     Some(b) => reply.created_passthrough(ttl, &attr, Generation(0), fh, none, &b),

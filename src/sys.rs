@@ -577,6 +577,36 @@ pub fn copy_file_range(
     } as isize)
 }
 
+/// This thread creates files as `uid:gid` (the kernel's fsuid/fsgid, per
+/// thread) until the guard is dropped. Leaving root drops the thread's
+/// filesystem capabilities for as long; without the privilege to switch,
+/// nothing changes (the caller checks the owner it got).
+pub struct FsIds {
+    uid: u32,
+    gid: u32,
+}
+
+impl FsIds {
+    pub fn switch(uid: u32, gid: u32) -> FsIds {
+        // SAFETY: setfsgid/setfsuid take plain ids and only change this thread's credentials.
+        let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+        FsIds {
+            uid: old_uid as u32,
+            gid: old_gid as u32,
+        }
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        // SAFETY: as above; restores the ids this thread had.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+    }
+}
+
 /// The umask of the daemon is 0 so that modes asked for are the modes set.
 pub fn clear_umask() {
     // SAFETY: umask has no preconditions and cannot fail.

@@ -20,7 +20,7 @@ use log::warn;
 
 use crate::fs::Strata;
 use crate::inode::{LayerId, Node, NodeState, Origin};
-use crate::layer::{DirLayer, Layer, RelPath, Stat, is_absent};
+use crate::layer::{DirLayer, Layer, RelPath, Stat, is_absent, whiteout_name_for};
 use crate::sys;
 use crate::xattr;
 
@@ -29,6 +29,11 @@ pub const UPPER: LayerId = 0;
 
 /// Names of temporary objects in the workdir; leftovers are removed at mount.
 const TMP_PREFIX: &str = "#strata-tmp.";
+
+/// A 0/0 character device in the workdir that every whiteout is a hard
+/// link of, as kernel overlayfs shares one: a link costs no inode, which a
+/// filesystem allocates slowly when it has freed many lately.
+const SHARED_WHITEOUT: &CStr = c"strata-whiteout";
 
 /// The writable side of the stack: the upper layer and its workdir.
 #[derive(Debug)]
@@ -50,7 +55,56 @@ impl Upper {
             next_tmp: AtomicU64::new(0),
         };
         upper.clean_workdir()?;
+        if let Err(e) = upper.renew_shared_whiteout() {
+            log::info!("no shared whiteout ({e}): each whiteout gets its own inode");
+        }
         Ok(upper)
+    }
+
+    /// Makes a whiteout `name` in `dir`: a link of the shared whiteout, else
+    /// a 0/0 character device of its own, else (where mknod is refused,
+    /// rootless) a `.wh.NAME` file, as fuse-overlayfs does.
+    pub fn make_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+        for _ in 0..2 {
+            match sys::linkat(self.work(), SHARED_WHITEOUT, dir, name) {
+                Ok(()) => return Ok(()),
+                // Full (EMLINK) or gone: a new one, once.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMLINK | libc::ENOENT)) => {
+                    if self.renew_shared_whiteout().is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        match sys::mknodat(dir, name, libc::S_IFCHR, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::openat2(
+                dir,
+                &whiteout_name_for(name.to_bytes()),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0,
+                sys::RESOLVE_IN_LAYER,
+            )
+            .map(drop),
+            other => other,
+        }
+    }
+
+    /// Puts a fresh shared whiteout in place (at mount, or when the old one
+    /// has as many links as the filesystem allows).
+    fn renew_shared_whiteout(&self) -> io::Result<()> {
+        if let Ok(st) = sys::fstatat(self.work(), SHARED_WHITEOUT, libc::AT_SYMLINK_NOFOLLOW)
+            && st.st_mode & libc::S_IFMT == libc::S_IFCHR
+            && st.st_rdev == 0
+            && st.st_nlink < 1000
+        {
+            return Ok(()); // a fresh one (another thread's, or from last time)
+        }
+        let tmp = self.tmp_name();
+        sys::mknodat(self.work(), &tmp, libc::S_IFCHR, 0)?;
+        sys::renameat2(self.work(), &tmp, self.work(), SHARED_WHITEOUT, 0).inspect_err(|_| {
+            let _ = sys::unlinkat(self.work(), &tmp, 0);
+        })
     }
 
     pub fn work(&self) -> BorrowedFd<'_> {
@@ -283,7 +337,8 @@ impl Strata {
                 copy_metadata(layer, &src.path, stat, output.as_fd())?;
                 // Durable before the rename makes it visible: after a crash
                 // the upper holds the whole copy or none (as the kernel).
-                if self.fsync {
+                // An empty file has no data to lose.
+                if self.fsync && stat.size > 0 {
                     sys::fsync(output.as_fd(), false)?;
                 }
                 Ok(())

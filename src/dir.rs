@@ -96,22 +96,6 @@ fn upper_entry(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<UpperEntry> {
     }
 }
 
-/// Creates a whiteout `name` in `dir`: a 0/0 character device like the
-/// kernel, or a `.wh.NAME` file where mknod is not permitted (rootless).
-fn make_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    match sys::mknodat(dir, name, libc::S_IFCHR, 0) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::openat2(
-            dir,
-            &whiteout_name_for(name.to_bytes()),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0,
-            sys::RESOLVE_IN_LAYER,
-        )
-        .map(drop),
-        other => other,
-    }
-}
-
 /// Marks directory `dir` opaque: `trusted.overlay.opaque=y` like the kernel,
 /// or a `.wh..wh..opq` entry where trusted xattrs are refused.
 fn make_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
@@ -705,7 +689,7 @@ impl Strata {
             // one step, leaving a whiteout if lower layers hold the name.
             let tmp = upper.tmp_name();
             let moved = if needs_whiteout {
-                make_whiteout(upper.work(), &tmp).and_then(|()| {
+                upper.make_whiteout(upper.work(), &tmp).and_then(|()| {
                     sys::renameat2(
                         upper.work(),
                         &tmp,
@@ -732,12 +716,12 @@ impl Strata {
             })
         } else if in_upper && needs_whiteout {
             let tmp = upper.tmp_name();
-            make_whiteout(upper.work(), &tmp)
+            upper.make_whiteout(upper.work(), &tmp)
                 .and_then(|()| sys::renameat2(upper.work(), &tmp, pfd.as_fd(), &cname, 0))
         } else if in_upper {
             sys::unlinkat(pfd.as_fd(), &cname, 0)
         } else {
-            make_whiteout(pfd.as_fd(), &cname)
+            upper.make_whiteout(pfd.as_fd(), &cname)
         };
         result.map_err(errno)?;
         self.name_removed(&node, in_upper, &dir, name);
@@ -958,7 +942,7 @@ impl Strata {
                 _ => sys::renameat2(pfd.as_fd(), &cname, npfd.as_fd(), &cnew, 0)?,
             }
             if src_needs_whiteout {
-                make_whiteout(pfd.as_fd(), &cname)?;
+                upper.make_whiteout(pfd.as_fd(), &cname)?;
             }
             Ok(())
         })();

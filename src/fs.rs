@@ -307,7 +307,7 @@ impl fuser::Filesystem for Strata {
                 let fh = FileHandle(self.files.insert(file));
                 match backing {
                     // The kernel allows no cache flag with passthrough.
-                    Some(b) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
+                    Some(b) => reply.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, &b),
                     None => reply.opened(fh, cache_flags(&node)),
                 }
             }
@@ -591,7 +591,7 @@ impl fuser::Filesystem for Strata {
                 let file = OpenFile::new(fd, true, true, Handle::new(&node));
                 let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
                 let fh = FileHandle(self.files.insert(file));
-                let (none, keep) = (FopenFlags::empty(), FopenFlags::FOPEN_KEEP_CACHE);
+                let (none, keep) = (FopenFlags::FOPEN_NOFLUSH, cache_flags(&node));
                 match backing {
                     Some(b) => reply.created_passthrough(ttl, &attr, Generation(0), fh, none, &b),
                     None => reply.created(ttl, &attr, Generation(0), fh, keep),
@@ -791,12 +791,13 @@ impl fuser::Filesystem for Strata {
 
 /// Every change goes through this mount, so cached pages stay valid across
 /// opens, unless the kernel wrote the file through passthrough, beside
-/// the page cache of this inode.
+/// the page cache of this inode. No FLUSH on close: writes are in the
+/// layer already, and locks are the kernel's.
 fn cache_flags(node: &Node) -> FopenFlags {
     if node.written_directly() {
-        FopenFlags::empty()
+        FopenFlags::FOPEN_NOFLUSH
     } else {
-        FopenFlags::FOPEN_KEEP_CACHE
+        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
     }
 }
 

@@ -109,7 +109,10 @@ impl Strata {
         let lowers = config
             .lowerdirs
             .iter()
-            .map(|p| Ok(open(p)? as Arc<dyn Layer>))
+            .map(|p| {
+                let layer = DirLayer::open(p).map_err(|e| layer_error(p, e))?;
+                Ok(Arc::new(layer.read_only()) as Arc<dyn Layer>)
+            })
             .collect::<io::Result<Vec<_>>>()?;
         let mut stack = LayerStack::new(
             upper.as_ref().map(|u| u.layer.clone() as Arc<dyn Layer>),

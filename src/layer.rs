@@ -18,8 +18,12 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
+use parking_lot::Mutex;
 
 use fuser::FileType;
 
@@ -284,7 +288,14 @@ pub struct DirLayer {
     source: PathBuf,
     root: OwnedFd,
     root_dev: u64,
+    /// For a lower layer (it never changes under a mount): the O_PATH fds
+    /// of the directories probed lately, so a lookup costs one `fstatat`
+    /// per layer instead of an `openat2` and an `fstatat`.
+    dirs: Option<Mutex<LruCache<RelPath, Arc<OwnedFd>>>>,
 }
+
+/// Directories whose fds a lower layer keeps open.
+const DIR_FDS_PER_LAYER: usize = 128;
 
 impl DirLayer {
     /// Opens `path` as a layer. The path is resolved by the kernel exactly as
@@ -298,7 +309,29 @@ impl DirLayer {
             source: path.to_path_buf(),
             root,
             root_dev,
+            dirs: None,
         })
+    }
+
+    /// Keeps the fds of directories it probes (only for a layer that does
+    /// not change while mounted: a lower one).
+    pub fn read_only(mut self) -> DirLayer {
+        let capacity = NonZeroUsize::new(DIR_FDS_PER_LAYER).expect("non-zero");
+        self.dirs = Some(Mutex::new(LruCache::new(capacity)));
+        self
+    }
+
+    /// An O_PATH fd of directory `dir`, from the cache when there is one.
+    fn probe_dir(&self, dir: &RelPath) -> io::Result<Arc<OwnedFd>> {
+        let Some(cache) = &self.dirs else {
+            return Ok(Arc::new(self.open_dir(dir, libc::O_PATH)?));
+        };
+        if let Some(fd) = cache.lock().get(dir) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.open_dir(dir, libc::O_PATH)?);
+        cache.lock().put(dir.clone(), fd.clone());
+        Ok(fd)
     }
 
     /// A layer over an already open directory fd.
@@ -308,6 +341,7 @@ impl DirLayer {
             source: PathBuf::new(),
             root,
             root_dev,
+            dirs: None,
         })
     }
 
@@ -370,7 +404,7 @@ impl Layer for DirLayer {
     }
 
     fn probe(&self, dir: &RelPath, name: &OsStr) -> io::Result<Probe> {
-        let dirfd = match self.open_dir(dir, libc::O_PATH) {
+        let dirfd = match self.probe_dir(dir) {
             Ok(fd) => fd,
             // ELOOP: a symlink stands where the directory would be, so this
             // layer has no such directory.
@@ -399,7 +433,7 @@ impl Layer for DirLayer {
     }
 
     fn dir_marks(&self, dir: &RelPath) -> io::Result<DirMarks> {
-        let fd = self.open_dir(dir, libc::O_PATH)?;
+        let fd = self.probe_dir(dir)?;
         let mut marks = DirMarks {
             opaque: stat_in(&fd, &cstring(OsStr::from_bytes(OPAQUE_MARKER))?)?.is_some(),
             redirect: None,

@@ -716,7 +716,8 @@ impl Strata {
             })
         } else if in_upper && needs_whiteout {
             let tmp = upper.tmp_name();
-            upper.make_whiteout(upper.work(), &tmp)
+            upper
+                .make_whiteout(upper.work(), &tmp)
                 .and_then(|()| sys::renameat2(upper.work(), &tmp, pfd.as_fd(), &cname, 0))
         } else if in_upper {
             sys::unlinkat(pfd.as_fd(), &cname, 0)

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, info};
 
@@ -233,7 +233,10 @@ fn negative_attr() -> FileAttr {
 
 impl fuser::Filesystem for Strata {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let wanted = InitFlags::FUSE_CACHE_SYMLINKS | InitFlags::FUSE_PARALLEL_DIROPS;
+        let wanted = InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
         if let Err(unsupported) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {unsupported:?}");
         }
@@ -406,6 +409,63 @@ impl fuser::Filesystem for Strata {
         );
         for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// Readdir with each entry's attributes: a walk (`find`, `ls -l`,
+    /// `du`) needs no LOOKUP round trip per entry. Every entry but the dots
+    /// counts as a lookup, which the kernel pays back with forget.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(dir) = self.dirs.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let dot_attr = |ino: u64| self.node(INodeNo(ino)).map(|n| self.attr(&n)).ok();
+        for i in offset as usize..dir.entries.len() + 2 {
+            let next = i as u64 + 1;
+            let full = match i {
+                0 | 1 => {
+                    let (ino, name) = if i == 0 {
+                        (dir.ino, ".")
+                    } else {
+                        (dir.parent_ino, "..")
+                    };
+                    let Some(attr) = dot_attr(ino) else { continue };
+                    reply.add(INodeNo(ino), next, name, &self.ttl, &attr, Generation(0))
+                }
+                _ => {
+                    let entry = &dir.entries[i - 2];
+                    match self.lookup_node(INodeNo(dir.ino), &entry.name) {
+                        Ok(Some(node)) => {
+                            let attr = self.attr(&node);
+                            let full = reply.add(
+                                INodeNo(node.ino),
+                                next,
+                                &entry.name,
+                                &self.ttl,
+                                &attr,
+                                Generation(0),
+                            );
+                            if !full {
+                                self.nodes.remember(node); // the kernel links it
+                            }
+                            full
+                        }
+                        // Gone since opendir: no entry (inode 0 is skipped).
+                        _ => false,
+                    }
+                }
+            };
+            if full {
                 break;
             }
         }

@@ -468,46 +468,32 @@ fn reap(pid: i32) {
     }
 }
 
+/// Pids of other processes whose command line (NUL-separated arguments)
+/// satisfies `matches`.
+fn pids_whose_cmdline(matches: impl Fn(&[u8]) -> bool) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|ent| {
+            let pid = ent.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = fs::read(ent.path().join("cmdline")).ok()?;
+            (matches(&cmdline) && pid != std::process::id() as i32).then_some(pid)
+        })
+        .collect()
+}
+
 /// Pids of processes with `arg` as one of their arguments.
 fn pids_with_arg(arg: &Path) -> Vec<i32> {
     let want = arg.as_os_str().as_encoded_bytes();
-    let mut pids = Vec::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for ent in dir.flatten() {
-        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(cmdline) = fs::read(ent.path().join("cmdline"))
-            && cmdline.split(|&b| b == 0).any(|a| a == want)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    pids_whose_cmdline(|c| c.split(|&b| b == 0).any(|a| a == want))
 }
 
 /// Pids of processes with an argument naming a path under `dir` (as an
 /// option value too: `lowerdir=DIR/...`).
 fn pids_with_arg_under(dir: &Path) -> Vec<i32> {
     let want = dir.as_os_str().as_encoded_bytes();
-    let mut pids = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for ent in entries.flatten() {
-        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(cmdline) = fs::read(ent.path().join("cmdline"))
-            && cmdline.windows(want.len()).any(|w| w == want)
-            && pid != std::process::id() as i32
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    pids_whose_cmdline(|c| c.windows(want.len()).any(|w| w == want))
 }
 
 /// utime + stime of `pid`, in clock ticks.

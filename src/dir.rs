@@ -112,6 +112,18 @@ fn make_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// chmod of `name` in `dir` (never following a symlink).
+fn set_mode(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    let fd = sys::openat2(
+        dir,
+        name,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_IN_LAYER,
+    )?;
+    sys::fchmod_any(fd.as_fd(), mode & 0o7777)
+}
+
 fn open_dir_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     sys::openat2(
         dir,
@@ -439,14 +451,7 @@ impl Strata {
                 && mode & (libc::S_ISUID | libc::S_ISGID) != 0
             {
                 // chown cleared the set-id bits; the caller asked for them.
-                let path_fd = sys::openat2(
-                    work,
-                    &tmp,
-                    libc::O_PATH | libc::O_NOFOLLOW,
-                    0,
-                    sys::RESOLVE_IN_LAYER,
-                )?;
-                sys::fchmod_any(path_fd.as_fd(), mode & 0o7777)?;
+                set_mode(work, &tmp, mode)?;
             }
             // Like the kernel: a directory made where a lower one was
             // deleted, or anywhere lower layers are merged in, is opaque, so
@@ -537,14 +542,7 @@ impl Strata {
             {
                 // The caller asked for set-id bits the filesystem (judging
                 // by the daemon's groups, or after a chown) cleared.
-                let fd = sys::openat2(
-                    dir,
-                    &cname,
-                    libc::O_PATH | libc::O_NOFOLLOW,
-                    0,
-                    sys::RESOLVE_IN_LAYER,
-                )?;
-                sys::fchmod_any(fd.as_fd(), want & 0o7777)?;
+                set_mode(dir, &cname, want)?;
             }
             if is_dir && parent_has_lower {
                 // Like the kernel: no lower directory can ever show through.

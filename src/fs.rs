@@ -268,57 +268,63 @@ impl fuser::Filesystem for Strata {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.lookup_node(parent, name) {
+        contained(|| match self.lookup_node(parent, name) {
             Ok(Some(node)) => {
                 let node = self.nodes.remember(node);
                 reply.entry(&self.ttl, &self.attr(&node), Generation(0));
             }
             Ok(None) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if ino.0 != ROOT_INO {
-            self.nodes.forget(ino.0, nlookup);
-        }
+        contained(|| {
+            if ino.0 != ROOT_INO {
+                self.nodes.forget(ino.0, nlookup);
+            }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
+        contained(|| match self.node(ino) {
             Ok(node) => reply.attr(&self.ttl, &self.attr(&node)),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let result = self.node(ino).and_then(|node| {
-            let state = node.state();
-            let top = state.top();
-            self.stack.get(top.layer).readlink(&top.path).map_err(errno)
+        contained(|| {
+            let result = self.node(ino).and_then(|node| {
+                let state = node.state();
+                let top = state.top();
+                self.stack.get(top.layer).readlink(&top.path).map_err(errno)
+            });
+            match result {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(e),
+            }
         });
-        match result {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = self
-            .node(ino)
-            .and_then(|node| Ok((self.open_file(&node, flags.0)?, node)));
-        match opened {
-            Ok((file, node)) => {
-                let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
-                let fh = FileHandle(self.files.insert(file));
-                match backing {
-                    // The kernel allows no cache flag with passthrough.
-                    Some(b) => reply.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, &b),
-                    None => reply.opened(fh, cache_flags(&node)),
+        contained(|| {
+            let opened = self
+                .node(ino)
+                .and_then(|node| Ok((self.open_file(&node, flags.0)?, node)));
+            match opened {
+                Ok((file, node)) => {
+                    let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
+                    let fh = FileHandle(self.files.insert(file));
+                    match backing {
+                        // The kernel allows no cache flag with passthrough.
+                        Some(b) => reply.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, &b),
+                        None => reply.opened(fh, cache_flags(&node)),
+                    }
                 }
+                Err(e) => reply.error(e),
             }
-            Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn read(
@@ -332,14 +338,16 @@ impl fuser::Filesystem for Strata {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(file) = self.files.get(fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        self.read_fd(&file);
-        match file.read(offset, size as usize) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        }
+        contained(|| {
+            let Some(file) = self.files.get(fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            self.read_fd(&file);
+            match file.read(offset, size as usize) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn release(
@@ -352,8 +360,10 @@ impl fuser::Filesystem for Strata {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files.remove(fh.0);
-        reply.ok();
+        contained(|| {
+            self.files.remove(fh.0);
+            reply.ok();
+        });
     }
 
     fn flush(
@@ -364,26 +374,30 @@ impl fuser::Filesystem for Strata {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        contained(|| {
+            reply.ok();
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let result = self.node(ino).and_then(|node| {
-            if node.kind != FileType::Directory {
-                return Err(Errno::ENOTDIR);
+        contained(|| {
+            let result = self.node(ino).and_then(|node| {
+                if node.kind != FileType::Directory {
+                    return Err(Errno::ENOTDIR);
+                }
+                self.open_dir(&node).map_err(errno)
+            });
+            match result {
+                Ok(dir) => {
+                    let fh = self.dirs.insert(dir);
+                    reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                    );
+                }
+                Err(e) => reply.error(e),
             }
-            self.open_dir(&node).map_err(errno)
         });
-        match result {
-            Ok(dir) => {
-                let fh = self.dirs.insert(dir);
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                );
-            }
-            Err(e) => reply.error(e),
-        }
     }
 
     fn readdir(
@@ -394,25 +408,27 @@ impl fuser::Filesystem for Strata {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(dir) = self.dirs.get(fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        // Offsets: 0 = start, 1 = after ".", 2 = after "..", n = after entry n-3.
-        let dots = [
-            (dir.ino, FileType::Directory, OsStr::new(".")),
-            (dir.parent_ino, FileType::Directory, OsStr::new("..")),
-        ];
-        let all = dots.into_iter().chain(
-            dir.entries
-                .iter()
-                .map(|e| (e.ino, e.kind, e.name.as_os_str())),
-        );
-        for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
-                break;
+        contained(|| {
+            let Some(dir) = self.dirs.get(fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            // Offsets: 0 = start, 1 = after ".", 2 = after "..", n = after entry n-3.
+            let dots = [
+                (dir.ino, FileType::Directory, OsStr::new(".")),
+                (dir.parent_ino, FileType::Directory, OsStr::new("..")),
+            ];
+            let all = dots.into_iter().chain(
+                dir.entries
+                    .iter()
+                    .map(|e| (e.ino, e.kind, e.name.as_os_str())),
+            );
+            for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     /// Readdir with each entry's attributes: a walk (`find`, `ls -l`,
@@ -426,50 +442,52 @@ impl fuser::Filesystem for Strata {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(dir) = self.dirs.get(fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        let dot_attr = |ino: u64| self.node(INodeNo(ino)).map(|n| self.attr(&n)).ok();
-        for i in offset as usize..dir.entries.len() + 2 {
-            let next = i as u64 + 1;
-            let full = match i {
-                0 | 1 => {
-                    let (ino, name) = if i == 0 {
-                        (dir.ino, ".")
-                    } else {
-                        (dir.parent_ino, "..")
-                    };
-                    let Some(attr) = dot_attr(ino) else { continue };
-                    reply.add(INodeNo(ino), next, name, &self.ttl, &attr, Generation(0))
-                }
-                _ => {
-                    let entry = &dir.entries[i - 2];
-                    match self.lookup_node(INodeNo(dir.ino), &entry.name) {
-                        Ok(Some(node)) => {
-                            let attr = self.attr(&node);
-                            let full = reply.add(
-                                INodeNo(node.ino),
-                                next,
-                                &entry.name,
-                                &self.ttl,
-                                &attr,
-                                Generation(0),
-                            );
-                            if !full {
-                                self.nodes.remember(node); // the kernel links it
-                            }
-                            full
-                        }
-                        // Gone since opendir: no entry (inode 0 is skipped).
-                        _ => false,
-                    }
-                }
+        contained(|| {
+            let Some(dir) = self.dirs.get(fh.0) else {
+                return reply.error(Errno::EBADF);
             };
-            if full {
-                break;
+            let dot_attr = |ino: u64| self.node(INodeNo(ino)).map(|n| self.attr(&n)).ok();
+            for i in offset as usize..dir.entries.len() + 2 {
+                let next = i as u64 + 1;
+                let full = match i {
+                    0 | 1 => {
+                        let (ino, name) = if i == 0 {
+                            (dir.ino, ".")
+                        } else {
+                            (dir.parent_ino, "..")
+                        };
+                        let Some(attr) = dot_attr(ino) else { continue };
+                        reply.add(INodeNo(ino), next, name, &self.ttl, &attr, Generation(0))
+                    }
+                    _ => {
+                        let entry = &dir.entries[i - 2];
+                        match self.lookup_node(INodeNo(dir.ino), &entry.name) {
+                            Ok(Some(node)) => {
+                                let attr = self.attr(&node);
+                                let full = reply.add(
+                                    INodeNo(node.ino),
+                                    next,
+                                    &entry.name,
+                                    &self.ttl,
+                                    &attr,
+                                    Generation(0),
+                                );
+                                if !full {
+                                    self.nodes.remember(node); // the kernel links it
+                                }
+                                full
+                            }
+                            // Gone since opendir: no entry (inode 0 is skipped).
+                            _ => false,
+                        }
+                    }
+                };
+                if full {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(
@@ -480,58 +498,66 @@ impl fuser::Filesystem for Strata {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.remove(fh.0);
-        reply.ok();
+        contained(|| {
+            self.dirs.remove(fh.0);
+            reply.ok();
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // The upper's filesystem when there is one, else the top lower's:
-        // that is where new data would go.
-        match self.stack.get(0).statfs() {
-            Ok(st) => reply.statfs(
-                st.f_blocks,
-                st.f_bfree,
-                st.f_bavail,
-                st.f_files,
-                st.f_ffree,
-                st.f_bsize as u32,
-                st.f_namemax as u32,
-                st.f_frsize as u32,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+        contained(|| {
+            // The upper's filesystem when there is one, else the top lower's:
+            // that is where new data would go.
+            match self.stack.get(0).statfs() {
+                Ok(st) => reply.statfs(
+                    st.f_blocks,
+                    st.f_bfree,
+                    st.f_bavail,
+                    st.f_files,
+                    st.f_ffree,
+                    st.f_bsize as u32,
+                    st.f_namemax as u32,
+                    st.f_frsize as u32,
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if self.noxattrs {
-            return reply.error(Errno::ENOTSUP);
-        }
-        if xattr::is_internal(name.as_bytes()) {
-            return reply.error(Errno::from_i32(xattr::INTERNAL_READ_ERRNO));
-        }
-        let Ok(cname) = CString::new(name.as_bytes()) else {
-            return reply.error(Errno::EINVAL);
-        };
-        let result = self
-            .node(ino)
-            .and_then(|node| self.get_xattr(&node, &cname).map_err(errno));
-        match result {
-            Ok(value) => Self::reply_xattr(reply, &value, size),
-            Err(e) => reply.error(e),
-        }
+        contained(|| {
+            if self.noxattrs {
+                return reply.error(Errno::ENOTSUP);
+            }
+            if xattr::is_internal(name.as_bytes()) {
+                return reply.error(Errno::from_i32(xattr::INTERNAL_READ_ERRNO));
+            }
+            let Ok(cname) = CString::new(name.as_bytes()) else {
+                return reply.error(Errno::EINVAL);
+            };
+            let result = self
+                .node(ino)
+                .and_then(|node| self.get_xattr(&node, &cname).map_err(errno));
+            match result {
+                Ok(value) => Self::reply_xattr(reply, &value, size),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if self.noxattrs {
-            return reply.error(Errno::ENOTSUP);
-        }
-        let result = self
-            .node(ino)
-            .and_then(|node| self.list_xattr(&node).map_err(errno));
-        match result {
-            Ok(raw) => Self::reply_xattr(reply, &xattr::visible_names(&raw), size),
-            Err(e) => reply.error(e),
-        }
+        contained(|| {
+            if self.noxattrs {
+                return reply.error(Errno::ENOTSUP);
+            }
+            let result = self
+                .node(ino)
+                .and_then(|node| self.list_xattr(&node).map_err(errno));
+            match result {
+                Ok(raw) => Self::reply_xattr(reply, &xattr::visible_names(&raw), size),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn setattr(
@@ -552,22 +578,24 @@ impl fuser::Filesystem for Strata {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let change = AttrChange {
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-            fh: fh.map(|f| f.0),
-        };
-        let result = self
-            .node(ino)
-            .and_then(|node| self.set_attr(&node, change).map(|()| node));
-        match result {
-            Ok(node) => reply.attr(&self.ttl, &self.attr(&node)),
-            Err(e) => reply.error(e),
-        }
+        contained(|| {
+            let change = AttrChange {
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+                fh: fh.map(|f| f.0),
+            };
+            let result = self
+                .node(ino)
+                .and_then(|node| self.set_attr(&node, change).map(|()| node));
+            match result {
+                Ok(node) => reply.attr(&self.ttl, &self.attr(&node)),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn mknod(
@@ -580,14 +608,16 @@ impl fuser::Filesystem for Strata {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let object = NewObject::Special {
-            mode,
-            rdev: rdev as u64,
-        };
-        self.reply_created(
-            reply,
-            self.create_object(parent, name, object, creator(req)),
-        );
+        contained(|| {
+            let object = NewObject::Special {
+                mode,
+                rdev: rdev as u64,
+            };
+            self.reply_created(
+                reply,
+                self.create_object(parent, name, object, creator(req)),
+            );
+        });
     }
 
     fn mkdir(
@@ -599,11 +629,13 @@ impl fuser::Filesystem for Strata {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let object = NewObject::Dir { mode };
-        self.reply_created(
-            reply,
-            self.create_object(parent, name, object, creator(req)),
-        );
+        contained(|| {
+            let object = NewObject::Dir { mode };
+            self.reply_created(
+                reply,
+                self.create_object(parent, name, object, creator(req)),
+            );
+        });
     }
 
     fn symlink(
@@ -614,13 +646,15 @@ impl fuser::Filesystem for Strata {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let object = NewObject::Symlink {
-            target: target.as_os_str(),
-        };
-        self.reply_created(
-            reply,
-            self.create_object(parent, link_name, object, creator(req)),
-        );
+        contained(|| {
+            let object = NewObject::Symlink {
+                target: target.as_os_str(),
+            };
+            self.reply_created(
+                reply,
+                self.create_object(parent, link_name, object, creator(req)),
+            );
+        });
     }
 
     fn link(
@@ -631,8 +665,10 @@ impl fuser::Filesystem for Strata {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let result = self.link_object(ino, newparent, newname).map(|n| (n, None));
-        self.reply_created(reply, result);
+        contained(|| {
+            let result = self.link_object(ino, newparent, newname).map(|n| (n, None));
+            self.reply_created(reply, result);
+        });
     }
 
     fn create(
@@ -645,32 +681,40 @@ impl fuser::Filesystem for Strata {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let object = NewObject::File { mode, flags };
-        match self.create_object(parent, name, object, creator(req)) {
-            Ok((node, Some(fd))) => {
-                let node = self.nodes.remember(node);
-                // Fresh attributes (before passthrough marks it written).
-                let (ttl, attr) = (&self.ttl, self.attr(&node));
-                let file = OpenFile::new(fd, true, true, Handle::new(&node));
-                let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
-                let fh = FileHandle(self.files.insert(file));
-                let (none, keep) = (FopenFlags::FOPEN_NOFLUSH, cache_flags(&node));
-                match backing {
-                    Some(b) => reply.created_passthrough(ttl, &attr, Generation(0), fh, none, &b),
-                    None => reply.created(ttl, &attr, Generation(0), fh, keep),
+        contained(|| {
+            let object = NewObject::File { mode, flags };
+            match self.create_object(parent, name, object, creator(req)) {
+                Ok((node, Some(fd))) => {
+                    let node = self.nodes.remember(node);
+                    // Fresh attributes (before passthrough marks it written).
+                    let (ttl, attr) = (&self.ttl, self.attr(&node));
+                    let file = OpenFile::new(fd, true, true, Handle::new(&node));
+                    let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
+                    let fh = FileHandle(self.files.insert(file));
+                    let (none, keep) = (FopenFlags::FOPEN_NOFLUSH, cache_flags(&node));
+                    match backing {
+                        Some(b) => {
+                            reply.created_passthrough(ttl, &attr, Generation(0), fh, none, &b)
+                        }
+                        None => reply.created(ttl, &attr, Generation(0), fh, keep),
+                    }
                 }
+                Ok((_, None)) => reply.error(Errno::EIO),
+                Err(e) => reply.error(e),
             }
-            Ok((_, None)) => reply.error(Errno::EIO),
-            Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.remove_object(parent, name, false));
+        contained(|| {
+            reply_empty(reply, self.remove_object(parent, name, false));
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.remove_object(parent, name, true));
+        contained(|| {
+            reply_empty(reply, self.remove_object(parent, name, true));
+        });
     }
 
     fn rename(
@@ -683,10 +727,12 @@ impl fuser::Filesystem for Strata {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            reply,
-            self.rename_object(parent, name, newparent, newname, flags.bits()),
-        );
+        contained(|| {
+            reply_empty(
+                reply,
+                self.rename_object(parent, name, newparent, newname, flags.bits()),
+            );
+        });
     }
 
     fn write(
@@ -701,13 +747,15 @@ impl fuser::Filesystem for Strata {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(file) = self.files.get(fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        match self.write_file(ino, &file, offset, data) {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e),
-        }
+        contained(|| {
+            let Some(file) = self.files.get(fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            match self.write_file(ino, &file, offset, data) {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn fsync(
@@ -718,16 +766,18 @@ impl fuser::Filesystem for Strata {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(file) = self.files.get(fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        if !self.fsync {
-            return reply.ok();
-        }
-        reply_empty(
-            reply,
-            sys::fsync(self.read_fd(&file).as_fd(), datasync).map_err(errno),
-        );
+        contained(|| {
+            let Some(file) = self.files.get(fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            if !self.fsync {
+                return reply.ok();
+            }
+            reply_empty(
+                reply,
+                sys::fsync(self.read_fd(&file).as_fd(), datasync).map_err(errno),
+            );
+        });
     }
 
     fn fsyncdir(
@@ -738,13 +788,15 @@ impl fuser::Filesystem for Strata {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        if !self.fsync {
-            return reply.ok();
-        }
-        reply_empty(
-            reply,
-            self.node(ino).and_then(|dir| self.sync_dir(&dir, datasync)),
-        );
+        contained(|| {
+            if !self.fsync {
+                return reply.ok();
+            }
+            reply_empty(
+                reply,
+                self.node(ino).and_then(|dir| self.sync_dir(&dir, datasync)),
+            );
+        });
     }
 
     fn fallocate(
@@ -757,13 +809,15 @@ impl fuser::Filesystem for Strata {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some(file) = self.files.get(fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        let fd = file.fd();
-        let result = sys::fallocate(fd.as_fd(), mode, offset, length).map_err(errno);
-        self.refresh_from_fd(ino, fd.as_fd());
-        reply_empty(reply, result);
+        contained(|| {
+            let Some(file) = self.files.get(fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            let fd = file.fd();
+            let result = sys::fallocate(fd.as_fd(), mode, offset, length).map_err(errno);
+            self.refresh_from_fd(ino, fd.as_fd());
+            reply_empty(reply, result);
+        });
     }
 
     fn lseek(
@@ -775,15 +829,17 @@ impl fuser::Filesystem for Strata {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let Some(file) = self.files.get(fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        let result = sys::lseek(self.read_fd(&file).as_fd(), offset as u64, whence);
-        match result {
-            Ok(Some(pos)) => reply.offset(pos as i64),
-            Ok(None) => reply.error(Errno::ENXIO),
-            Err(e) => reply.error(errno(e)),
-        }
+        contained(|| {
+            let Some(file) = self.files.get(fh.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            let result = sys::lseek(self.read_fd(&file).as_fd(), offset as u64, whence);
+            match result {
+                Ok(Some(pos)) => reply.offset(pos as i64),
+                Ok(None) => reply.error(Errno::ENXIO),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn copy_file_range(
@@ -799,27 +855,29 @@ impl fuser::Filesystem for Strata {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let (Some(input), Some(output)) = (self.files.get(fh_in.0), self.files.get(fh_out.0))
-        else {
-            return reply.error(Errno::EBADF);
-        };
-        let src = self.read_fd(&input);
-        let result = (|| {
-            let dst = output.fd();
-            let n = sys::copy_file_range(
-                src.as_fd(),
-                offset_in,
-                dst.as_fd(),
-                offset_out,
-                len.min(u32::MAX as u64) as usize,
-            )?;
-            self.refresh_from_fd(ino_out, dst.as_fd());
-            Ok(n)
-        })();
-        match result {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        contained(|| {
+            let (Some(input), Some(output)) = (self.files.get(fh_in.0), self.files.get(fh_out.0))
+            else {
+                return reply.error(Errno::EBADF);
+            };
+            let src = self.read_fd(&input);
+            let result = (|| {
+                let dst = output.fd();
+                let n = sys::copy_file_range(
+                    src.as_fd(),
+                    offset_in,
+                    dst.as_fd(),
+                    offset_out,
+                    len.min(u32::MAX as u64) as usize,
+                )?;
+                self.refresh_from_fd(ino_out, dst.as_fd());
+                Ok(n)
+            })();
+            match result {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn setxattr(
@@ -832,23 +890,42 @@ impl fuser::Filesystem for Strata {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if self.noxattrs {
-            return reply.error(Errno::ENOTSUP);
-        }
-        let result = self
-            .node(ino)
-            .and_then(|node| self.set_xattr(&node, name, Some((value, flags))));
-        reply_empty(reply, result);
+        contained(|| {
+            if self.noxattrs {
+                return reply.error(Errno::ENOTSUP);
+            }
+            let result = self
+                .node(ino)
+                .and_then(|node| self.set_xattr(&node, name, Some((value, flags))));
+            reply_empty(reply, result);
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if self.noxattrs {
-            return reply.error(Errno::ENOTSUP);
-        }
-        let result = self
-            .node(ino)
-            .and_then(|node| self.set_xattr(&node, name, None));
-        reply_empty(reply, result);
+        contained(|| {
+            if self.noxattrs {
+                return reply.error(Errno::ENOTSUP);
+            }
+            let result = self
+                .node(ino)
+                .and_then(|node| self.set_xattr(&node, name, None));
+            reply_empty(reply, result);
+        });
+    }
+}
+
+/// Runs one request's handler; a panic in it (a bug) fails that request
+/// alone: its reply, dropped unanswered, tells the kernel EIO, and the
+/// worker thread lives on to serve the next request (uncaught, it would
+/// end the session and with it the mount).
+fn contained(handler: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error!("a request failed with a bug (answered EIO): {what}");
     }
 }
 

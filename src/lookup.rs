@@ -220,6 +220,12 @@ impl Strata {
         if is_whiteout_name(name.as_bytes()) {
             return Ok(None);
         }
+        // Debug builds only: a bug on demand, for the test that a panic
+        // fails one request and nothing more.
+        #[cfg(debug_assertions)]
+        if name == "strata-test-panic" && std::env::var_os("STRATA_FAULTS").is_some() {
+            panic!("fault injected by STRATA_FAULTS");
+        }
         match self.dcache.get(parent.0, name) {
             // The table's node is the live one for its inode; the cache may
             // hold an older object for it, left from before a forget.

@@ -269,3 +269,30 @@ fn layers_are_held_by_fd() {
         .status();
     fs::rename(base.join("moved"), base.join("lower")).unwrap();
 }
+
+/// A bug (a panic in a request handler; debug builds inject one on
+/// demand) fails that request with EIO, and the daemon serves on.
+#[test]
+#[cfg(debug_assertions)]
+fn a_panic_fails_one_request() {
+    let tree = Tree::new();
+    let status = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={}",
+            tree.dir.path().join("lower").display()
+        ))
+        .arg(tree.mnt())
+        .env("STRATA_FAULTS", "1")
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = tree.daemon().expect("no daemon");
+    for _ in 0..3 {
+        let err = fs::metadata(tree.mnt().join("strata-test-panic")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    }
+    assert!(alive(pid));
+    assert_eq!(fs::read_to_string(tree.mnt().join("d/f")).unwrap(), "f\n");
+}

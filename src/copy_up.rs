@@ -20,7 +20,7 @@ use log::warn;
 
 use crate::fs::Strata;
 use crate::inode::{LayerId, Node, NodeState, Origin};
-use crate::layer::{DirLayer, Layer, RelPath, Stat, is_absent, whiteout_name_for};
+use crate::layer::{DirLayer, Layer, METACOPY_XATTRS, RelPath, Stat, is_absent, whiteout_name_for};
 use crate::sys;
 use crate::xattr;
 
@@ -255,6 +255,9 @@ impl Strata {
     pub(crate) fn copy_up(&self, node: &Node) -> io::Result<()> {
         let _serialised = node.copy_up_lock.lock();
         let state = node.state().clone();
+        if state.top().layer == UPPER && state.is_metacopy() {
+            return self.copy_up_data(node, &state);
+        }
         if state.top().layer == UPPER || state.detached {
             return Ok(());
         }
@@ -319,6 +322,121 @@ impl Strata {
         Ok(())
     }
 
+    /// Copies `node` up for a change of metadata only (chmod, chown,
+    /// utimens, xattrs): with `metacopy=on`, a regular lower file of one
+    /// name gets an upper file without its data (the kernel's metacopy
+    /// format: same size, no blocks, `trusted.overlay.metacopy`), which is
+    /// as quick for 1 GiB as for nothing; the data follows on the first
+    /// write. Anything else is copied up whole.
+    pub(crate) fn copy_up_metadata(&self, node: &Node) -> io::Result<()> {
+        let state = node.state().clone();
+        if state.top().layer == UPPER {
+            return Ok(()); // its metadata is up already (its data maybe not)
+        }
+        if !self.metacopy
+            || node.kind != FileType::RegularFile
+            || state.detached
+            || state.stat.nlink > 1
+            || self.uses_index(node, &state)
+        {
+            return self.copy_up(node);
+        }
+        let _serialised = node.copy_up_lock.lock();
+        let state = node.state().clone();
+        if state.top().layer == UPPER {
+            return Ok(()); // another request copied it up meanwhile
+        }
+        let upper = self.upper_or_erofs()?;
+        let (parent, name) = state
+            .path
+            .split_last()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.copy_up_dir_path(&parent)?;
+        let src = state.top().clone();
+        let layer = self.stack.get(src.layer);
+        let tmp = upper.tmp_name();
+        let built = (|| -> io::Result<()> {
+            let out = sys::openat2(
+                upper.work(),
+                &tmp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+                sys::RESOLVE_IN_LAYER,
+            )?;
+            sys::ftruncate(out.as_fd(), state.stat.size)?;
+            copy_metadata(layer, &src.path, &state.stat, out.as_fd())?;
+            set_metacopy(out.as_fd())?;
+            let pfd = upper.dir_fd(&parent)?;
+            keeping_times(pfd.as_fd(), || {
+                sys::renameat2(
+                    upper.work(),
+                    &tmp,
+                    pfd.as_fd(),
+                    &name_cstr(name),
+                    libc::RENAME_NOREPLACE,
+                )
+            })
+        })();
+        if let Err(e) = built {
+            let _ = sys::unlinkat(upper.work(), &tmp, 0);
+            return Err(e);
+        }
+        let mut upper_stat = upper.layer.stat(&state.path)?;
+        self.inos.alias(upper_stat.dev, upper_stat.ino, node.ino);
+        upper_stat.blocks = state.stat.blocks; // the data's, as the kernel shows
+        node.update(|s| {
+            s.origins = vec![
+                Origin {
+                    layer: UPPER,
+                    path: s.path.clone(),
+                },
+                src,
+            ];
+            s.stat = upper_stat;
+        });
+        Ok(())
+    }
+
+    /// The data of a metadata-only upper file, copied in from the file
+    /// below, in place. Until the metacopy mark goes (last), the data is
+    /// still read from below: a crash part way loses nothing. The file's
+    /// times are kept (filling it in is no change to it).
+    fn copy_up_data(&self, node: &Node, state: &NodeState) -> io::Result<()> {
+        let upper = self.upper_or_erofs()?;
+        let data = state.data();
+        let input = self
+            .stack
+            .get(data.layer)
+            .open(&data.path, libc::O_RDONLY)?;
+        let output = upper.layer.open(&state.top().path, libc::O_WRONLY)?;
+        let before: Stat = sys::fstat(output.as_fd())?.into();
+        copy_data(input.as_fd(), output.as_fd(), before.size)?;
+        if self.fsync {
+            sys::fsync(output.as_fd(), false)?;
+        }
+        for x in METACOPY_XATTRS {
+            match sys::fremovexattr_any(output.as_fd(), x) {
+                Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e),
+                _ => {}
+            }
+        }
+        sys::futimens_any(
+            output.as_fd(),
+            Some(Some(before.atime)),
+            Some(Some(before.mtime)),
+        )?;
+        if node.is_open() {
+            // Handles still reading the lower data move to the copy.
+            node.hold_upper_copy(upper.layer.open(&state.top().path, libc::O_RDONLY)?);
+        }
+        let stat: Stat = sys::fstat(output.as_fd())?.into();
+        node.update(|s| {
+            s.origins.truncate(1);
+            s.stat = stat;
+        });
+        Ok(())
+    }
+
     /// Builds a copy of a lower non-directory as `tmp` in the workdir.
     pub(crate) fn copy_non_dir(&self, src: &Origin, stat: &Stat, tmp: &CStr) -> io::Result<()> {
         let upper = self.upper_or_erofs()?;
@@ -356,6 +474,17 @@ impl Strata {
                 copy_metadata(layer, &src.path, stat, fd.as_fd())
             }
         }
+    }
+}
+
+/// Marks a file metadata-only: `trusted.overlay.metacopy` like the kernel,
+/// or `user.overlay.metacopy` where trusted xattrs are refused (rootless).
+fn set_metacopy(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match sys::fsetxattr_any(fd, METACOPY_XATTRS[0], b"", 0) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => {
+            sys::fsetxattr_any(fd, METACOPY_XATTRS[1], b"", 0)
+        }
+        other => other,
     }
 }
 

@@ -74,6 +74,7 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
         create_redirects: config.redirects().0,
         follow_redirects: config.redirects().1,
         passthrough: config.passthrough,
+        metacopy: config.metacopy,
     })?;
     let notifier = fs.notifier.clone();
     // Modes asked for by the kernel are already masked by the caller's umask.

@@ -313,8 +313,13 @@ impl Strata {
                 self.stack.get(top.layer).stat(&top.path)
             }
         };
-        if let Ok(stat) = stat {
-            node.update(|s| s.stat = stat);
+        if let Ok(mut stat) = stat {
+            node.update(|s| {
+                if s.is_metacopy() {
+                    stat.blocks = s.stat.blocks; // the data's
+                }
+                s.stat = stat;
+            });
         }
     }
 

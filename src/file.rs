@@ -164,7 +164,12 @@ impl Strata {
             self.copy_up(node).map_err(errno)?;
         }
         let state = node.state().clone();
-        let top = state.top();
+        // A metadata-only file (opened to read) reads its data from below.
+        let top = if state.is_metacopy() {
+            state.data()
+        } else {
+            state.top()
+        };
         let fd = self
             .stack
             .get(top.layer)
@@ -278,7 +283,11 @@ impl Strata {
 
     /// chmod, chown, truncate and utimens, after copying the node up.
     pub(crate) fn set_attr(&self, node: &Node, change: AttrChange) -> Result<(), Errno> {
-        self.copy_up(node).map_err(errno)?;
+        if change.size.is_some() {
+            self.copy_up(node).map_err(errno)?;
+        } else {
+            self.copy_up_metadata(node).map_err(errno)?;
+        }
         let fd = self.object_fd(node).map_err(errno)?;
         if let Some(size) = change.size {
             if node.kind == FileType::Directory {

@@ -54,6 +54,8 @@ pub struct FsConfig {
     pub follow_redirects: bool,
     /// Use FUSE passthrough where the kernel offers it.
     pub passthrough: bool,
+    /// Metadata-only copy-up (`metacopy=on`).
+    pub metacopy: bool,
 }
 
 /// Default cache lifetime: layers only change through us, so the kernel's
@@ -76,6 +78,7 @@ pub struct Strata {
     noxattrs: bool,
     pub(crate) fsync: bool,
     pub(crate) create_redirects: bool,
+    pub(crate) metacopy: bool,
     /// The daemon runs as root (in its namespace).
     pub(crate) is_root: bool,
     /// Ask for FUSE passthrough (`passthrough=0` turns it off).
@@ -147,6 +150,7 @@ impl Strata {
             noxattrs: config.noxattrs,
             fsync: config.fsync,
             create_redirects: config.create_redirects,
+            metacopy: config.metacopy,
             is_root: sys::geteuid() == 0,
             passthrough_wanted: config.passthrough,
             passthrough_on: AtomicBool::new(false),

@@ -54,6 +54,17 @@ impl NodeState {
     pub fn top(&self) -> &Origin {
         &self.origins[0]
     }
+
+    /// A metadata-only file (kernel `metacopy`): `top` holds its metadata,
+    /// the second origin its data.
+    pub fn is_metacopy(&self) -> bool {
+        self.origins.len() > 1 && self.stat.kind() == FileType::RegularFile
+    }
+
+    /// Where a regular file's data is read from.
+    pub fn data(&self) -> &Origin {
+        self.origins.last().expect("a node has an origin")
+    }
 }
 
 #[derive(Debug)]

@@ -47,6 +47,19 @@ pub const OPAQUE_XATTRS: [&CStr; 3] = [
 /// an absolute path from the layer root, or a name in the same parent.
 pub const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 
+/// Xattrs that make a regular file metadata-only (kernel `metacopy`): its
+/// data is the file's of the same name (or its redirect) in a layer below.
+pub const METACOPY_XATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
+
+/// What a regular file in one layer says about the layers below it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileMarks {
+    /// Metadata only: the data lives below.
+    pub metacopy: bool,
+    /// Where below (an absolute path), when not at the same path.
+    pub redirect: Option<Vec<u8>>,
+}
+
 /// What a directory in one layer says about the layers below it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirMarks {
@@ -266,6 +279,8 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// Whether directory `dir` of this layer is opaque (hides the layers
     /// below) and where it was renamed from.
     fn dir_marks(&self, dir: &RelPath) -> io::Result<DirMarks>;
+    /// Whether regular file `path` is metadata-only, and where its data is.
+    fn file_marks(&self, path: &RelPath) -> io::Result<FileMarks>;
     /// The entries and whiteouts of directory `dir`.
     fn list(&self, dir: &RelPath) -> io::Result<Listing>;
     /// `lstat` of `path`.
@@ -430,6 +445,26 @@ impl Layer for DirLayer {
             None if oci_whiteout => Probe::Whiteout,
             None => Probe::Absent,
         })
+    }
+
+    fn file_marks(&self, path: &RelPath) -> io::Result<FileMarks> {
+        let fd = self.open_path(path)?;
+        let names = match sys::flistxattr(fd.as_fd()) {
+            Ok(names) => names,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(FileMarks::default()),
+            Err(e) => return Err(e),
+        };
+        let has = |x: &CStr| names.split(|&b| b == 0).any(|n| n == x.to_bytes());
+        let mut marks = FileMarks {
+            metacopy: METACOPY_XATTRS.into_iter().any(has),
+            redirect: None,
+        };
+        if marks.metacopy
+            && let Some(x) = REDIRECT_XATTRS.into_iter().find(|x| has(x))
+        {
+            marks.redirect = Some(sys::fgetxattr(fd.as_fd(), x)?).filter(|v| !v.is_empty());
+        }
+        Ok(marks)
     }
 
     fn dir_marks(&self, dir: &RelPath) -> io::Result<DirMarks> {

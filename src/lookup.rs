@@ -20,7 +20,7 @@ use crate::copy_up::UPPER;
 use crate::dcache::Dentry;
 use crate::fs::{Strata, errno};
 use crate::inode::{LayerId, Node, NodeState, Origin};
-use crate::layer::{Layer, NAME_MAX, Probe, RelPath, is_whiteout_name};
+use crate::layer::{Layer, NAME_MAX, Probe, RelPath, Stat, is_whiteout_name};
 
 /// The layers of one mount: the upper first (if any), then the lowers top to
 /// bottom. Indices into it are [`LayerId`]s.
@@ -123,13 +123,20 @@ impl LayerStack {
             if !stat.is_dir() {
                 // A non-directory ends the search; below a directory it is ignored.
                 if found.is_none() {
-                    found = Some(NodeState {
+                    let mut state = NodeState {
                         path: parent.path.join(name),
-                        origins: vec![here],
+                        origins: vec![here.clone()],
                         stat,
                         nlink_bias: 0,
                         detached: false,
-                    });
+                    };
+                    if let Some(data) =
+                        self.metacopy_data(parent, &here, &stat, &candidates[next..])?
+                    {
+                        state.stat.blocks = data.1.blocks;
+                        state.origins.push(data.0);
+                    }
+                    found = Some(state);
                 }
                 break;
             }
@@ -155,6 +162,45 @@ impl LayerStack {
             }
         }
         Ok(found)
+    }
+
+    /// For a metadata-only regular file (kernel `metacopy`) found at
+    /// `here`: the file below holding its data, at the same path (one of
+    /// `below`) or where its redirect says. Only a file with bytes and a
+    /// layer below it can be one; its xattrs say (the kernel reads them for
+    /// every file too). A metacopy file with no data below is EIO, as in
+    /// the kernel.
+    fn metacopy_data(
+        &self,
+        parent: &NodeState,
+        here: &Origin,
+        stat: &Stat,
+        below: &[Origin],
+    ) -> io::Result<Option<(Origin, Stat)>> {
+        if stat.kind() != FileType::RegularFile || stat.size == 0 || here.layer + 1 >= self.merged {
+            return Ok(None);
+        }
+        let marks = self.get(here.layer).file_marks(&here.path)?;
+        if !marks.metacopy {
+            return Ok(None);
+        }
+        let candidates = match &marks.redirect {
+            Some(redirect) => self.redirected(parent, here.layer, redirect),
+            None => below.to_vec(),
+        };
+        for there in candidates {
+            let Some((dir, leaf)) = there.path.split_last() else {
+                continue;
+            };
+            match self.get(there.layer).probe(&dir, leaf)? {
+                Probe::Absent => continue,
+                Probe::Found { stat, .. } if stat.kind() == FileType::RegularFile => {
+                    return Ok(Some((there, stat)));
+                }
+                _ => break,
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::EIO))
     }
 
     /// The places below `layer` that a redirect points to: an absolute path

@@ -91,7 +91,7 @@ impl Strata {
             // Like the kernel: removing what is not there copies nothing up.
             self.get_xattr(node, &cname).map_err(errno)?;
         }
-        self.copy_up(node).map_err(errno)?;
+        self.copy_up_metadata(node).map_err(errno)?;
         let fd = self.object_fd(node).map_err(errno)?;
         match value {
             Some((value, flags)) => sys::fsetxattr_any(fd.as_fd(), &cname, value, flags),

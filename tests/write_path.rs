@@ -456,7 +456,10 @@ fn run_steps(test: &str, setup: Setup, next: &mut NextStep) -> RunReport {
                     .map(|p| format!("round trip through strata: {p}")),
             );
             if s.spec.lowers == layer_dirs(fx.path(), Form::Kernel) {
-                let spec = spec.clone().with_option("redirect_dir=follow");
+                let mut spec = spec.clone().with_option("redirect_dir=follow");
+                if setup.kernel_options.contains(&"metacopy=on") {
+                    spec = spec.with_option("metacopy=on");
+                }
                 match read(KernelOverlay::try_mount(&spec).map(Mounted::Kernel)) {
                     Ok(by_kernel) => problems.extend(
                         equivalence_problems("kernel", &by_kernel, "strata", &by_strata)
@@ -1281,6 +1284,56 @@ fn inode_numbers_reused_by_the_upper() {
         ]);
     }
     check_script("inode_numbers_reused_by_the_upper", DEFAULT, &script);
+}
+
+/// Metadata-only copy-up (`metacopy=on` on both): chmod, chown, utimens
+/// and xattr changes of lower files copy no data; reads still see it; the
+/// first write or truncate brings the data up; deleting one leaves a
+/// whiteout; after a remount and in the round trip the data is still
+/// found below. Two cases differ in the upper by design and stay out of
+/// the script: a link or rename of a metadata-only file makes strata copy
+/// its data first, where the kernel keeps it metadata-only and finds the
+/// data again through `trusted.overlay.origin` or a file redirect; and a
+/// hard-linked lower file is copied whole (strata keeps hard links
+/// through its index).
+#[test]
+fn metadata_only_copy_up() {
+    use Op::*;
+    let script = vec![
+        Chmod("usr/share/app/big.bin", 0o600),
+        Stat("usr/share/app/big.bin"),
+        Read("usr/share/app/big.bin"),
+        Chown("etc/passwd", 1234, 5678),
+        SetXattr("etc/passwd", "user.meta", b"1"),
+        Read("etc/passwd"),
+        ListXattr("etc/passwd"),
+        Utimens("etc/group", 1_500_000_000, 5),
+        Stat("etc/group"),
+        Read("etc/group"),
+        SetXattr("usr/bin/app", "user.fixture.test", b"changed"),
+        GetXattr("usr/bin/app", "user.fixture.test"),
+        Read("usr/bin/app"),
+        // the data follows on the first write, truncate or link
+        Chmod("etc/hostname", 0o640),
+        Append("etc/hostname", b"more\n"),
+        Read("etc/hostname"),
+        Stat("etc/hostname"),
+        Chmod("home/user/.profile", 0o644),
+        Truncate("home/user/.profile", 4),
+        Read("home/user/.profile"),
+        // twice metadata, then gone
+        Chmod("usr/lib/libfoo.so.1", 0o700),
+        Chmod("usr/lib/libfoo.so.1", 0o755),
+        Unlink("usr/lib/libfoo.so.1"),
+        Stat("usr/lib/libfoo.so.1"),
+        ReadDir("usr/lib"),
+    ];
+    let setup = Setup {
+        kernel_options: &["redirect_dir=on", "metacopy=on"],
+        strata_options: &["metacopy=on"],
+        ..DEFAULT
+    };
+    check_script("metadata_only_copy_up", setup, &script);
 }
 
 /// Operations that must fail, with the same errno as the kernel's.

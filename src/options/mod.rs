@@ -237,6 +237,11 @@ pub struct Config {
     /// `xino=on|off|auto`: how inode numbers from several filesystems are
     /// kept unique, as in kernel overlayfs. Accepted and recorded.
     pub xino: Option<String>,
+    /// `metacopy=on|off`: chmod, chown, utimens and xattr changes of a lower
+    /// file copy up its metadata only, as kernel overlayfs with
+    /// `metacopy=on`. Default off: fuse-overlayfs, and the kernel without
+    /// the option, cannot read such an upper.
+    pub metacopy: bool,
     /// `ino32_t`: keep inode numbers within 32 bits (for old 32-bit programs).
     pub ino32: bool,
     /// `plugins=PATH[:PATH...]`: layer-store plugins to load, kept verbatim.
@@ -648,6 +653,7 @@ impl Default for Config {
             passthrough: true,
             redirect_dir: None,
             xino: None,
+            metacopy: false,
             ino32: false,
             plugins: None,
             context: None,
@@ -771,6 +777,7 @@ fuse-overlayfs options:
                            (on, the default), or EXDEV and follow the layers'
                            redirects (off, follow) or not (nofollow)
     xino=on|off|auto       how inode numbers are kept unique across layers
+    metacopy=on|off        metadata-only copy-up on chmod, chown (default off)
     ino32_t                keep inode numbers within 32 bits
     plugins=PATH[:PATH...] layer-store plugins to load
     context=LABEL          SELinux label of every file in the mount

@@ -277,6 +277,9 @@ pub(super) fn apply_option(
         "passthrough" => config.passthrough = parse_switch(key, value)?,
         "redirect_dir" => config.redirect_dir = Some(parse_redirect_dir(value)?),
         "xino" => config.xino = Some(parse_xino(value)?),
+        "metacopy" => {
+            config.metacopy = parse_choice("metacopy", value, &["on", "off"], "on or off")? == "on"
+        }
         "ino32_t" => config.ino32 = switch_on(key, value)?,
         "plugins" => config.plugins = Some(parse_text(key, value)?),
         "context" => config.context = Some(parse_text(key, value)?),

@@ -382,14 +382,22 @@ fn fuse_option_display_round_trips() {
 // -- unknown and ignored options ----------------------------------------
 
 #[test]
+fn metacopy_on_and_off() {
+    assert!(!with_options("lowerdir=/l").metacopy);
+    assert!(with_options("lowerdir=/l,metacopy=on").metacopy);
+    assert!(!with_options("lowerdir=/l,metacopy=on,metacopy=off").metacopy);
+    assert!(options_error("lowerdir=/l,metacopy=1").contains("expected on or off"));
+}
+
+#[test]
 fn unknown_options_become_warnings() {
-    let config = with_options("lowerdir=/l,foo,bar=1,metacopy=on,Noacl");
+    let config = with_options("lowerdir=/l,foo,bar=1,metacopy2=on,Noacl");
     assert_eq!(
         config.warnings,
         vec![
             "unknown option 'foo' ignored",
             "unknown option 'bar=1' ignored",
-            "unknown option 'metacopy=on' ignored",
+            "unknown option 'metacopy2=on' ignored",
             "unknown option 'Noacl' ignored",
         ]
     );
@@ -527,6 +535,7 @@ fn usage_mentions_every_option() {
         "fast_ino=",
         "noxattrs=",
         "passthrough=",
+        "metacopy=",
         "redirect_dir=",
         "xino=",
         "ino32_t",

@@ -620,6 +620,9 @@ struct Filesystem {
 struct Spec {
     lowers: Vec<PathBuf>,
     upper: bool,
+    /// Metadata-only copy-up: kernel `redirect_dir=on,metacopy=on`, strata
+    /// `metacopy=on`; fuse-overlayfs has none (n/a).
+    metacopy: bool,
 }
 
 /// The per-run scratch directory: mount points, uppers, outputs. Dropping
@@ -723,7 +726,14 @@ fn mount(fs_: &Filesystem, spec: &Spec, scratch: &Scratch) -> R<Mounted> {
         .map(|p| path_str(p))
         .collect::<R<Vec<_>>>()?
         .join(":");
-    let opts = format!("lowerdir={lowers}{upper_opts}");
+    let mut opts = format!("lowerdir={lowers}{upper_opts}");
+    if spec.metacopy {
+        opts += match (&fs_.kind, fs_.label.as_str()) {
+            (Kind::Kernel, _) => ",redirect_dir=on,metacopy=on",
+            (_, "strata") => ",metacopy=on",
+            _ => return Err(format!("{} has no metadata-only copy-up", fs_.label)),
+        };
+    }
     match &fs_.kind {
         Kind::Kernel => {
             let mut cmd = Command::new("mount");
@@ -908,10 +918,12 @@ fn workloads(sc: &'static Scale, data: &'static Data, scratch: &'static Scratch)
     let ro = |lowers: Vec<PathBuf>| Spec {
         lowers,
         upper: false,
+        metacopy: false,
     };
     let rw = |lowers: Vec<PathBuf>| Spec {
         lowers,
         upper: true,
+        metacopy: false,
     };
     let size = sc.size_label();
     let big_bytes = sc.big_mib << 20;
@@ -1091,6 +1103,26 @@ fn workloads(sc: &'static Scale, data: &'static Data, scratch: &'static Scratch)
                 Ok(fs::metadata(&p).map_err(io_err(&p))?.mode() as u64)
             }),
             note: None,
+        },
+        Workload {
+            name: format!("chmod {size} metacopy"),
+            spec: Spec {
+                metacopy: true,
+                ..rw(vec![data.big.clone()])
+            },
+            unit: Unit::Ms,
+            body: Box::new(move |mnt, probe| {
+                let p = mnt.join("big");
+                prewarm(std::slice::from_ref(&data.big))?;
+                sync()?;
+                probe.start();
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(io_err(&p))?;
+                probe.stop(1);
+                Ok(fs::metadata(&p).map_err(io_err(&p))?.mode() as u64)
+            }),
+            note: Some(format!(
+                "chmod {size} metacopy: kernel with redirect_dir=on,metacopy=on, strata with metacopy=on"
+            )),
         },
         Workload {
             name: "chmod empty".into(),

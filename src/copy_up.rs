@@ -279,9 +279,8 @@ impl Strata {
         } else if self.uses_index(node, &state) {
             self.copy_up_indexed(node, &state, &parent, name)?;
         } else {
-            let src = state.top();
             let tmp = upper.tmp_name();
-            let result = self.copy_non_dir(src, &state.stat, &tmp).and_then(|()| {
+            let result = self.copy_non_dir(&state, &tmp).and_then(|()| {
                 let pfd = upper.dir_fd(&parent)?;
                 keeping_times(pfd.as_fd(), || {
                     sys::renameat2(
@@ -299,13 +298,6 @@ impl Strata {
             }
         }
         let upper_stat = upper.layer.stat(&state.path)?;
-        if node.kind == FileType::RegularFile && node.is_open() {
-            // Handles still reading the lower file move to the copy.
-            match upper.layer.open(&state.path, libc::O_RDONLY) {
-                Ok(fd) => node.hold_upper_copy(fd),
-                Err(e) => log::warn!("open handles keep reading the lower copy of {state:?}: {e}"),
-            }
-        }
         self.inos.alias(upper_stat.dev, upper_stat.ino, node.ino);
         node.update(|s| {
             let origin = Origin {
@@ -319,6 +311,14 @@ impl Strata {
             }
             s.stat = upper_stat;
         });
+        // After the state says upper: an open counted later opens the copy,
+        // one counted earlier is seen here and moves to it.
+        if node.kind == FileType::RegularFile && node.is_open() {
+            match upper.layer.open(&state.path, libc::O_RDONLY) {
+                Ok(fd) => node.hold_upper_copy(fd),
+                Err(e) => log::warn!("open handles keep reading the lower copy of {state:?}: {e}"),
+            }
+        }
         Ok(())
     }
 
@@ -353,6 +353,7 @@ impl Strata {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         self.copy_up_dir_path(&parent)?;
         let src = state.top().clone();
+        let data = state.data().clone();
         let layer = self.stack.get(src.layer);
         let tmp = upper.tmp_name();
         let built = (|| -> io::Result<()> {
@@ -390,7 +391,7 @@ impl Strata {
                     layer: UPPER,
                     path: s.path.clone(),
                 },
-                src,
+                data,
             ];
             s.stat = upper_stat;
         });
@@ -410,13 +411,33 @@ impl Strata {
             .open(&data.path, libc::O_RDONLY)?;
         let output = upper.layer.open(&state.top().path, libc::O_WRONLY)?;
         let before: Stat = sys::fstat(output.as_fd())?.into();
+        // Writing data drops file capabilities (and, but for root, set-id
+        // bits): what the metadata copy-up set is put back after.
+        let caps = sys::fgetxattr(output.as_fd(), c"security.capability").ok();
         copy_data(input.as_fd(), output.as_fd(), before.size)?;
+        if let Some(caps) = caps {
+            sys::fsetxattr_any(output.as_fd(), c"security.capability", &caps, 0)?;
+        }
+        if sys::fstat(output.as_fd())?.st_mode != before.mode {
+            sys::fchmod_any(output.as_fd(), before.mode & 0o7777)?;
+        }
         if self.fsync {
             sys::fsync(output.as_fd(), false)?;
         }
+        let marks = upper.layer.file_marks(&state.top().path)?;
         for x in METACOPY_XATTRS {
+            // Only one of them is there; the other may not be ours to
+            // remove (trusted.* rootless) or not exist at all.
             match sys::fremovexattr_any(output.as_fd(), x) {
-                Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e),
+                Err(e)
+                    if marks.metacopy
+                        && !matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENODATA | libc::EPERM | libc::ENOTSUP)
+                        ) =>
+                {
+                    return Err(e);
+                }
                 _ => {}
             }
         }
@@ -425,25 +446,32 @@ impl Strata {
             Some(Some(before.atime)),
             Some(Some(before.mtime)),
         )?;
-        if node.is_open() {
-            // Handles still reading the lower data move to the copy.
-            node.hold_upper_copy(upper.layer.open(&state.top().path, libc::O_RDONLY)?);
-        }
         let stat: Stat = sys::fstat(output.as_fd())?.into();
         node.update(|s| {
             s.origins.truncate(1);
             s.stat = stat;
         });
+        if node.is_open() {
+            // Handles still reading the lower data move to the copy.
+            node.hold_upper_copy(upper.layer.open(&state.top().path, libc::O_RDONLY)?);
+        }
         Ok(())
     }
 
     /// Builds a copy of a lower non-directory as `tmp` in the workdir.
-    pub(crate) fn copy_non_dir(&self, src: &Origin, stat: &Stat, tmp: &CStr) -> io::Result<()> {
+    /// (`state`'s metadata from its top origin; its data, for a lower
+    /// metadata-only file, from the file below.)
+    pub(crate) fn copy_non_dir(&self, state: &NodeState, tmp: &CStr) -> io::Result<()> {
         let upper = self.upper_or_erofs()?;
+        let (src, stat) = (state.top(), &state.stat);
         let layer = self.stack.get(src.layer);
         match stat.kind() {
             FileType::RegularFile => {
-                let input = layer.open(&src.path, libc::O_RDONLY)?;
+                let data = state.data();
+                let input = self
+                    .stack
+                    .get(data.layer)
+                    .open(&data.path, libc::O_RDONLY)?;
                 let output = sys::openat2(
                     upper.work(),
                     tmp,

@@ -77,6 +77,15 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
         metacopy: config.metacopy,
     })?;
     let notifier = fs.notifier.clone();
+    // Absolute, taken before the daemon moves to / (for a lazy unmount).
+    let mountpoint = config.mountpoint.canonicalize().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("mountpoint '{}': {e}", config.mountpoint.display()),
+        )
+    })?;
+    let mountpoint = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // Modes asked for by the kernel are already masked by the caller's umask.
     sys::clear_umask();
     // Before any thread exists, so every thread inherits the mask and only
@@ -98,10 +107,6 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
         }
     }
     let mut unmounter = session.unmount_callable();
-    // Absolute: the daemon's working directory is / from now on.
-    let mountpoint = config.mountpoint.canonicalize()?;
-    let mountpoint = CString::new(mountpoint.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || {

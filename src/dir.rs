@@ -289,7 +289,7 @@ impl Strata {
             .lookup(&self.dir_state(dir), name)?
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         let tmp = upper.tmp_name();
-        self.copy_non_dir(own.top(), &own.stat, &tmp)?;
+        self.copy_non_dir(&own, &tmp)?;
         keeping_times(pfd.as_fd(), || {
             sys::renameat2(
                 upper.work(),

@@ -163,6 +163,11 @@ impl Strata {
         if wants_write(flags) {
             self.copy_up(node).map_err(errno)?;
         }
+        if let Some(orphan) = node.orphan() {
+            // Its last name is gone: the object itself (as the kernel does).
+            let fd = sys::reopen(orphan.as_fd(), flags & PASSED_FLAGS).map_err(errno)?;
+            return Ok(OpenFile::new(fd, true, wants_write(flags), handle));
+        }
         let state = node.state().clone();
         // A metadata-only file (opened to read) reads its data from below.
         let top = if state.is_metacopy() {
@@ -198,21 +203,26 @@ impl Strata {
         register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let node = &file.node.node;
-        if !self.passthrough_on.load(Ordering::Relaxed)
-            || node.kind != FileType::RegularFile
-            || (self.upper.is_some() && !file.on_upper.load(Ordering::Acquire))
-        {
+        if node.kind != FileType::RegularFile {
             return None;
         }
+        let eligible = self.passthrough_on.load(Ordering::Relaxed)
+            && (self.upper.is_none() || file.on_upper.load(Ordering::Acquire));
         let fd = file.fd();
-        let backing = node.serve_through(|| match register(&fd) {
+        let backing = node.serve_through(eligible, || match register(&fd) {
             Ok(id) => Some(id),
-            Err(e) => {
+            // No privilege for it (rootless): never again.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 if self.passthrough_on.swap(false, Ordering::Relaxed) {
                     log::warn!(
                         "FUSE passthrough refused ({e}): reads and writes go through the daemon"
                     );
                 }
+                None
+            }
+            // This file only (a layer stacked too deep, say).
+            Err(e) => {
+                log::debug!("no passthrough for inode {}: {e}", node.ino);
                 None
             }
         })?;

@@ -275,7 +275,7 @@ impl fuser::Filesystem for Strata {
         contained(|| match self.lookup_node(parent, name) {
             Ok(Some(node)) => {
                 let node = self.nodes.remember(node);
-                reply.entry(&self.ttl, &self.attr(&node), Generation(0));
+                reply.entry(&self.ttl, &self.attr(&node), Generation(node.generation));
             }
             Ok(None) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
             Err(e) => reply.error(e),
@@ -474,7 +474,7 @@ impl fuser::Filesystem for Strata {
                                     &entry.name,
                                     &self.ttl,
                                     &attr,
-                                    Generation(0),
+                                    Generation(node.generation),
                                 );
                                 if !full {
                                     self.nodes.remember(node); // the kernel links it
@@ -692,15 +692,21 @@ impl fuser::Filesystem for Strata {
                     let node = self.nodes.remember(node);
                     // Fresh attributes (before passthrough marks it written).
                     let (ttl, attr) = (&self.ttl, self.attr(&node));
-                    let file = OpenFile::new(fd, true, true, Handle::new(&node));
+                    let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+                    let file = OpenFile::new(fd, true, writable, Handle::new(&node));
                     let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
                     let fh = FileHandle(self.files.insert(file));
                     let (none, keep) = (FopenFlags::FOPEN_NOFLUSH, cache_flags(&node));
                     match backing {
-                        Some(b) => {
-                            reply.created_passthrough(ttl, &attr, Generation(0), fh, none, &b)
-                        }
-                        None => reply.created(ttl, &attr, Generation(0), fh, keep),
+                        Some(b) => reply.created_passthrough(
+                            ttl,
+                            &attr,
+                            Generation(node.generation),
+                            fh,
+                            none,
+                            &b,
+                        ),
+                        None => reply.created(ttl, &attr, Generation(node.generation), fh, keep),
                     }
                 }
                 Ok((_, None)) => reply.error(Errno::EIO),
@@ -968,7 +974,7 @@ impl Strata {
         match result {
             Ok((node, _)) => {
                 let node = self.nodes.remember(node);
-                reply.entry(&self.ttl, &self.attr(&node), Generation(0));
+                reply.entry(&self.ttl, &self.attr(&node), Generation(node.generation));
             }
             Err(e) => reply.error(e),
         }

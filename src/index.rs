@@ -146,17 +146,15 @@ impl Strata {
             Ok(_) => index.bias(&key) - 1, // one more name moves into the upper
             Err(e) if is_absent(&e) => {
                 let tmp = upper.tmp_name();
-                let built = self
-                    .copy_non_dir(state.top(), &state.stat, &tmp)
-                    .and_then(|()| {
-                        sys::renameat2(
-                            upper.work(),
-                            &tmp,
-                            index.layer.root_fd(),
-                            &key_c,
-                            libc::RENAME_NOREPLACE,
-                        )
-                    });
+                let built = self.copy_non_dir(state, &tmp).and_then(|()| {
+                    sys::renameat2(
+                        upper.work(),
+                        &tmp,
+                        index.layer.root_fd(),
+                        &key_c,
+                        libc::RENAME_NOREPLACE,
+                    )
+                });
                 if let Err(e) = built {
                     let _ = sys::unlinkat(upper.work(), &tmp, 0);
                     return Err(e);
@@ -175,7 +173,13 @@ impl Strata {
         let entry = index.layer.stat(&key)?;
         self.inos.alias(entry.dev, entry.ino, node.ino);
         node.update(|s| s.nlink_bias = bias);
-        self.link_remaining_names(node, &key_c, bias)
+        // The copy-up itself is done: a failed walk (an unreadable
+        // directory, say) leaves those names as they are, shown from the
+        // index as before.
+        if let Err(e) = self.link_remaining_names(node, &key_c, bias) {
+            log::warn!("other names of inode {} stay lower: {e}", node.ino);
+        }
+        Ok(())
     }
 
     /// Links every name of an indexed inode that the merged tree still
@@ -252,17 +256,15 @@ impl Strata {
         let upper = self.upper_or_erofs()?;
         let key_c = CString::new(key.as_bytes()).expect("hex");
         let tmp = upper.tmp_name();
-        let built = self
-            .copy_non_dir(state.top(), &state.stat, &tmp)
-            .and_then(|()| {
-                sys::renameat2(
-                    upper.work(),
-                    &tmp,
-                    index.layer.root_fd(),
-                    &key_c,
-                    libc::RENAME_NOREPLACE,
-                )
-            });
+        let built = self.copy_non_dir(&state, &tmp).and_then(|()| {
+            sys::renameat2(
+                upper.work(),
+                &tmp,
+                index.layer.root_fd(),
+                &key_c,
+                libc::RENAME_NOREPLACE,
+            )
+        });
         if let Err(e) = built {
             let _ = sys::unlinkat(upper.work(), &tmp, 0);
             return Err(e);

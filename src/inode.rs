@@ -70,6 +70,9 @@ impl NodeState {
 #[derive(Debug)]
 pub struct Node {
     pub ino: u64,
+    /// Told to the kernel with `ino`: a new object under a reused number
+    /// gets the next one, so the kernel never takes it for the old inode.
+    pub generation: u64,
     pub kind: FileType,
     /// The directory this node was found in (for a directory's `..`).
     parent: AtomicU64,
@@ -120,6 +123,7 @@ impl Node {
     pub fn new(ino: u64, parent: u64, state: NodeState) -> Node {
         Node {
             ino,
+            generation: 0,
             kind: state.stat.kind(),
             parent: AtomicU64::new(parent),
             lookups: AtomicU64::new(0),
@@ -166,19 +170,20 @@ impl Node {
     }
 
     /// Makes one plain handle (the caller's, just opened) a passthrough
-    /// one, with the inode's backing file (registered by `register` on
-    /// first use). `None` while another plain handle is open, or when
-    /// registering fails.
+    /// one. An inode with passthrough handles open has a backing file, and
+    /// every new handle must use it too (the kernel fails an open that
+    /// mixes the two kinds): that is reused whatever `eligible` says.
+    /// Else, if `eligible` and no other plain handle is open, a backing file
+    /// is registered by `register`. `None`: the handle stays plain.
     pub fn serve_through(
         &self,
+        eligible: bool,
         register: impl FnOnce() -> Option<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let mut held = self.held.lock();
-        if held.plain > 1 {
-            return None;
-        }
         let backing = match &held.backing {
             Some(b) => b.clone(),
+            None if !eligible || held.plain > 1 => return None,
             None => {
                 let b = Arc::new(register()?);
                 held.backing = Some(b.clone());
@@ -199,8 +204,12 @@ impl Node {
         self.written_directly.load(Ordering::Relaxed)
     }
 
+    /// (Kept only while a handle is open: the last one drops it.)
     pub fn hold_upper_copy(&self, fd: OwnedFd) {
-        self.held.lock().upper_copy = Some(Arc::new(fd));
+        let mut held = self.held.lock();
+        if held.open > 0 {
+            held.upper_copy = Some(Arc::new(fd));
+        }
     }
 
     pub fn upper_copy(&self) -> Option<Arc<OwnedFd>> {
@@ -208,7 +217,10 @@ impl Node {
     }
 
     pub fn hold_orphan(&self, fd: OwnedFd) {
-        self.held.lock().orphan = Some(Arc::new(fd));
+        let mut held = self.held.lock();
+        if held.open > 0 {
+            held.orphan = Some(Arc::new(fd));
+        }
     }
 
     /// The object of a node whose last name is gone while it is open.
@@ -331,7 +343,9 @@ impl InodeTable {
         if !old.gone.load(Ordering::Acquire) && old.kind == state.stat.kind() {
             return old.clone();
         }
-        let new = fresh();
+        let mut new = Node::new(ino, parent, state.clone());
+        new.generation = old.generation + 1;
+        let new = Arc::new(new);
         new.lookups
             .store(old.lookups.load(Ordering::Relaxed), Ordering::Relaxed);
         *entry.value_mut() = new.clone();

@@ -185,6 +185,9 @@ impl LayerStack {
             return Ok(None);
         }
         let candidates = match &marks.redirect {
+            Some(_) if !self.follow_redirects => {
+                return Err(io::Error::from_raw_os_error(libc::EPERM)); // as for directories
+            }
             Some(redirect) => self.redirected(parent, here.layer, redirect),
             None => below.to_vec(),
         };

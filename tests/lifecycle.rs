@@ -296,3 +296,37 @@ fn a_panic_fails_one_request() {
     assert!(alive(pid));
     assert_eq!(fs::read_to_string(tree.mnt().join("d/f")).unwrap(), "f\n");
 }
+
+/// A relative mountpoint and lowerdir (the daemon works from / after it
+/// detaches): the mount is live, and SIGTERM on it while busy detaches it.
+#[test]
+fn relative_paths() {
+    let tree = Tree::new();
+    let status = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["-o", "lowerdir=lower", "mnt"])
+        .current_dir(tree.dir.path())
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(tree.mounted());
+    assert_eq!(fs::read_to_string(tree.mnt().join("d/f")).unwrap(), "f\n");
+    let pid = fs::read_dir("/proc")
+        .unwrap()
+        .find_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (cwd == Path::new("/") && cmdline.ends_with(b"lowerdir=lower\0mnt\0")).then_some(pid)
+        })
+        .expect("no daemon");
+    let mut user = Command::new("sleep")
+        .arg("1")
+        .current_dir(tree.mnt().join("d"))
+        .spawn()
+        .unwrap();
+    kill(pid, libc::SIGTERM);
+    wait_until("the busy mount is detached", || !tree.mounted());
+    user.wait().unwrap();
+    wait_until("the daemon exits", || !alive(pid));
+}

@@ -687,3 +687,39 @@ fn unprivileged_user() {
         log.put("status", Ok(out.status.code()));
     });
 }
+
+/// Through `/proc/self/fd`, an fd whose name was deleted and taken by a
+/// new file reopens its own file, not the new one.
+#[test]
+fn reopen_through_proc_after_delete() {
+    check("reopen_through_proc_after_delete", |root, log| {
+        let p = root.join("etc/group");
+        let f = rw(&p);
+        log.put("write", (&f).write_all(b"mine\n"));
+        log.put("unlink", fs::remove_file(&p));
+        log.put("recreate", write_file(&p, b"theirs\n"));
+        let via = format!("/proc/self/fd/{}", f.as_raw_fd());
+        let mut again = File::open(&via).unwrap();
+        log.read_all("read reopened", &mut again);
+        log.stat("stat new name", &p);
+    });
+}
+
+/// A directory deleted and made again while an fd still holds the old
+/// one (the upper filesystem may give the new one the same inode number):
+/// the new one works in full.
+#[test]
+fn directory_recreated_while_open() {
+    check("directory_recreated_while_open", |root, log| {
+        for round in 0..20 {
+            let d = root.join(format!("tmp/d{round}"));
+            log.put("mkdir", fs::create_dir(&d));
+            let held = File::open(&d).unwrap();
+            log.put("rmdir", fs::remove_dir(&d));
+            log.put("mkdir again", fs::create_dir(&d));
+            log.put("create inside", write_file(&d.join("x"), b"x\n"));
+            log.stat("stat inside", &d.join("x"));
+            drop(held);
+        }
+    });
+}

@@ -55,6 +55,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -1929,4 +1930,65 @@ fn internal_xattrs_are_protected() {
         problems.push("etc/group vanished".into());
     }
     assert_no_problems("internal xattrs", &problems);
+}
+
+/// An upper with metadata-only files, used as a lower layer (a commit of a
+/// metacopy=on container): writing such a file copies the data from below
+/// it, not the empty metadata-only file; chmod again stays metadata-only.
+/// Kernel overlayfs (metacopy=on) does the same on identical layers.
+#[test]
+fn metacopy_files_in_a_lower_layer() {
+    use std::io::Write;
+    let fx = prepare_fixture();
+    let since = SystemTime::now() - Duration::from_secs(2);
+    let mut views = Vec::new();
+    for kernel in [true, false] {
+        let (first, second) = (UpperWork::new(), UpperWork::new());
+        let opts: &[&str] = if kernel {
+            &["redirect_dir=on", "metacopy=on"]
+        } else {
+            &["metacopy=on"]
+        };
+        let with = |mut spec: MountSpec| {
+            for o in opts {
+                spec = spec.with_option(o);
+            }
+            spec
+        };
+        let mount = |spec: &MountSpec| -> Mounted {
+            if kernel {
+                Mounted::Kernel(KernelOverlay::mount(spec))
+            } else {
+                Mounted::Strata(StrataMount::mount(spec))
+            }
+        };
+        let m = mount(&with(
+            MountSpec::fixture(fx.path(), Form::Kernel).with_upper(&first),
+        ));
+        for p in ["usr/share/app/big.bin", "etc/passwd"] {
+            std::fs::set_permissions(m.path().join(p), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        m.unmount().unwrap();
+        let mut lowers = vec![first.upper.clone()];
+        lowers.extend(layer_dirs(fx.path(), Form::Kernel));
+        let m = mount(&with(MountSpec::new(lowers).with_upper(&second)));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.path().join("usr/share/app/big.bin"))
+            .unwrap();
+        f.write_all(b"appended").unwrap();
+        drop(f);
+        std::fs::set_permissions(
+            m.path().join("etc/passwd"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        views.push(walk_masked(m.path(), since));
+        m.unmount().unwrap();
+    }
+    assert_no_problems(
+        "metacopy_files_in_a_lower_layer",
+        &equivalence_problems("kernel", &views[0], "strata", &views[1]),
+    );
 }

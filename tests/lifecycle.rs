@@ -330,3 +330,49 @@ fn relative_paths() {
     user.wait().unwrap();
     wait_until("the daemon exits", || !alive(pid));
 }
+
+/// Extreme timestamps (utimensat with i64::MIN seconds and a fraction)
+/// neither hang the caller nor stop the daemon.
+#[test]
+fn extreme_timestamps() {
+    let tree = Tree::new();
+    let upper = tree.dir.path().join("upper");
+    let work = tree.dir.path().join("work");
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir(&work).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            tree.dir.path().join("lower").display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(tree.mnt())
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = tree.daemon().expect("no daemon");
+    let path = std::ffi::CString::new(tree.mnt().join("d/f").into_os_string().into_encoded_bytes())
+        .unwrap();
+    for (sec, nsec) in [
+        (i64::MIN, 1),
+        (i64::MIN, 0),
+        (i64::MAX, 999_999_999),
+        (-1, 500_000_000),
+    ] {
+        let times = [libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        }; 2];
+        // SAFETY: a NUL-terminated path and two valid timespecs.
+        unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+        assert!(alive(pid), "the daemon died on ({sec}, {nsec})");
+    }
+    // The last one is -0.5 s, kept exactly.
+    let m = fs::metadata(tree.mnt().join("d/f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((m.mtime(), m.mtime_nsec()), (-1, 500_000_000));
+    assert_eq!(fs::read_to_string(tree.mnt().join("d/f")).unwrap(), "f\n");
+}

@@ -65,6 +65,23 @@ impl Upper {
     /// a 0/0 character device of its own, else (where mknod is refused,
     /// rootless) a `.wh.NAME` file, as fuse-overlayfs does.
     pub fn make_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+        match self.device_whiteout(dir, name) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::openat2(
+                dir,
+                &whiteout_name_for(name.to_bytes()),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0,
+                sys::RESOLVE_IN_LAYER,
+            )
+            .map(drop),
+            other => other,
+        }
+    }
+
+    /// A whiteout `name` in `dir` in the kernel's format only (a 0/0
+    /// device, linked or made): what a rename can put over a name in one
+    /// step. EPERM where mknod is refused.
+    pub fn device_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         for _ in 0..2 {
             match sys::linkat(self.work(), SHARED_WHITEOUT, dir, name) {
                 Ok(()) => return Ok(()),
@@ -77,17 +94,7 @@ impl Upper {
                 Err(_) => break,
             }
         }
-        match sys::mknodat(dir, name, libc::S_IFCHR, 0) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::openat2(
-                dir,
-                &whiteout_name_for(name.to_bytes()),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                0,
-                sys::RESOLVE_IN_LAYER,
-            )
-            .map(drop),
-            other => other,
-        }
+        sys::mknodat(dir, name, libc::S_IFCHR, 0)
     }
 
     /// Puts a fresh shared whiteout in place (at mount, or when the old one

@@ -691,17 +691,16 @@ impl Strata {
             // Move the directory (holding only whiteouts) out of the way in
             // one step, leaving a whiteout if lower layers hold the name.
             let tmp = upper.tmp_name();
-            let moved = if needs_whiteout {
-                upper.make_whiteout(upper.work(), &tmp).and_then(|()| {
-                    sys::renameat2(
-                        upper.work(),
-                        &tmp,
-                        pfd.as_fd(),
-                        &cname,
-                        libc::RENAME_EXCHANGE,
-                    )
-                })
-            } else {
+            let swap = || {
+                sys::renameat2(
+                    upper.work(),
+                    &tmp,
+                    pfd.as_fd(),
+                    &cname,
+                    libc::RENAME_EXCHANGE,
+                )
+            };
+            let move_out = || {
                 sys::renameat2(
                     pfd.as_fd(),
                     &cname,
@@ -709,6 +708,15 @@ impl Strata {
                     &tmp,
                     libc::RENAME_NOREPLACE,
                 )
+            };
+            let moved = match needs_whiteout.then(|| upper.device_whiteout(upper.work(), &tmp)) {
+                None => move_out(),
+                Some(Ok(())) => swap(),
+                // Rootless (no 0/0 devices): out, then a `.wh.` file.
+                Some(Err(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+                    move_out().and_then(|()| upper.make_whiteout(pfd.as_fd(), &cname))
+                }
+                Some(Err(e)) => Err(e),
             };
             moved.map(|()| {
                 // The name is already gone from the merged view; what is left
@@ -719,9 +727,15 @@ impl Strata {
             })
         } else if in_upper && needs_whiteout {
             let tmp = upper.tmp_name();
-            upper
-                .make_whiteout(upper.work(), &tmp)
-                .and_then(|()| sys::renameat2(upper.work(), &tmp, pfd.as_fd(), &cname, 0))
+            match upper.device_whiteout(upper.work(), &tmp) {
+                Ok(()) => sys::renameat2(upper.work(), &tmp, pfd.as_fd(), &cname, 0),
+                // Rootless (no 0/0 devices): unlink, then a `.wh.` file.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    sys::unlinkat(pfd.as_fd(), &cname, 0)
+                        .and_then(|()| upper.make_whiteout(pfd.as_fd(), &cname))
+                }
+                Err(e) => Err(e),
+            }
         } else if in_upper {
             sys::unlinkat(pfd.as_fd(), &cname, 0)
         } else {

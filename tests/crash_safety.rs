@@ -63,8 +63,30 @@ fn killed_during_copy_up() {
     // What the lower file must still be at the end.
     let pristine = layers.path().join("pristine");
     fs::copy(lower.join("big"), &pristine).unwrap();
+    // How long one copy-up takes here, so that the kills land at fixed
+    // fractions of it whatever the machine's speed.
+    let time_one = || {
+        let uw = UpperWork::new();
+        let m = StrataMount::mount(&MountSpec::new(vec![lower.clone()]).with_upper(&uw));
+        let started = std::time::Instant::now();
+        OpenOptions::new()
+            .append(true)
+            .open(m.path().join("big"))
+            .unwrap();
+        let took = started.elapsed();
+        m.unmount().unwrap();
+        took
+    };
+    // The second: the lower file is in the page cache then, as below.
+    let copy_up = time_one().min(time_one());
+    let mut delays: Vec<u64> = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.5, 3.0]
+        .iter()
+        .map(|f| (copy_up.as_secs_f64() * 1000.0 * f) as u64)
+        .collect();
     let mut outcomes = Vec::new();
-    for delay_ms in [0, 2, 10, 30, 60, 100, 200, 400] {
+    let mut round = 0;
+    while let Some(delay_ms) = delays.get(round).copied() {
+        round += 1;
         let uw = UpperWork::new();
         let spec = MountSpec::new(vec![lower.clone()]).with_upper(&uw);
         let m = StrataMount::mount(&spec);
@@ -121,9 +143,21 @@ fn killed_during_copy_up() {
         assert!(len == SIZE || len == SIZE + 4, "merged size {len}");
         assert!(same_prefix(&merged, &pristine, SIZE));
         m.unmount().unwrap();
+        let mid = outcomes.iter().any(|o| o.contains("leftovers true"));
+        let whole = outcomes.iter().any(|o| o.contains("whole"));
+        if round == delays.len() && round < 16 {
+            let ms = copy_up.as_secs_f64() * 1000.0;
+            if !mid {
+                delays.push((ms * 0.4) as u64 + round as u64);
+            } else if !whole {
+                delays.push((ms * 2.0 * round as f64) as u64);
+            }
+        }
     }
+    eprintln!("one copy-up took {copy_up:?}");
     // Kills landed in the middle of a copy (it left a temporary file) and
-    // after it, at least once each; else the delays no longer span a
+    // after it, at least once each (a few more rounds in the middle if
+    // timing noise kept them from it); else the delays no longer span a
     // copy-up on this machine.
     eprintln!("{outcomes:#?}");
     assert!(

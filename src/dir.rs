@@ -183,6 +183,24 @@ fn check_name(name: &OsStr) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Until disarmed, tells the kernel on drop that `dirs` may have changed
+/// in a request that failed (see `Strata::changed_by_failed_request`).
+struct ChangedIfFailed<'a> {
+    fs: &'a Strata,
+    dirs: [&'a Node; 2],
+    armed: bool,
+}
+
+impl Drop for ChangedIfFailed<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            for dir in self.dirs {
+                self.fs.changed_by_failed_request(dir);
+            }
+        }
+    }
+}
+
 impl Strata {
     /// The node of directory `ino`, checked to be a live directory.
     fn dir_node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
@@ -855,6 +873,14 @@ impl Strata {
             .map_err(errno)?;
         let merged = |d: &Node| self.dir_state(d).origins.iter().any(|o| o.layer != UPPER);
         let (old_parent_merged, new_parent_merged) = (merged(&dir), merged(&new_dir));
+        // From here a failure may leave the directories changed (copy-ups,
+        // marks): the kernel, which keeps what it cached after a failed
+        // request, is told to ask again.
+        let mut failed = ChangedIfFailed {
+            fs: self,
+            dirs: [&dir, &new_dir],
+            armed: true,
+        };
         self.copy_up(&dir).map_err(errno)?;
         self.copy_up(&new_dir).map_err(errno)?;
         self.ensure_name_in_upper(&src, &dir, name).map_err(errno)?;
@@ -964,13 +990,8 @@ impl Strata {
             }
             Ok(())
         })();
-        if let Err(e) = result {
-            // The copy-ups before the failed rename(2) may have changed the
-            // directories.
-            self.changed_by_failed_request(&dir);
-            self.changed_by_failed_request(&new_dir);
-            return Err(errno(e));
-        }
+        result.map_err(errno)?;
+        failed.armed = false;
         if let Some(dst) = dst.as_ref().filter(|_| !exchange) {
             self.name_removed(dst, dst_in_upper, &new_dir, new_name);
             self.orphan_if_nameless(dst, dst_pinned);

@@ -286,23 +286,10 @@ impl Strata {
         } else if self.uses_index(node, &state) {
             self.copy_up_indexed(node, &state, &parent, name)?;
         } else {
-            let tmp = upper.tmp_name();
-            let result = self.copy_non_dir(&state, &tmp).and_then(|()| {
-                let pfd = upper.dir_fd(&parent)?;
-                keeping_times(pfd.as_fd(), || {
-                    sys::renameat2(
-                        upper.work(),
-                        &tmp,
-                        pfd.as_fd(),
-                        &name_cstr(name),
-                        libc::RENAME_NOREPLACE,
-                    )
-                })
-            });
-            if let Err(e) = result {
-                let _ = sys::unlinkat(upper.work(), &tmp, 0);
-                return Err(e);
-            }
+            let pfd = upper.dir_fd(&parent)?;
+            self.place_new(pfd.as_fd(), &name_cstr(name), true, |tmp| {
+                self.copy_non_dir(&state, tmp)
+            })?;
         }
         let upper_stat = upper.layer.stat(&state.path)?;
         self.inos.alias(upper_stat.dev, upper_stat.ino, node.ino);
@@ -362,33 +349,19 @@ impl Strata {
         let src = state.top().clone();
         let data = state.data().clone();
         let layer = self.stack.get(src.layer);
-        let tmp = upper.tmp_name();
-        let built = (|| -> io::Result<()> {
+        let pfd = upper.dir_fd(&parent)?;
+        self.place_new(pfd.as_fd(), &name_cstr(name), true, |tmp| {
             let out = sys::openat2(
                 upper.work(),
-                &tmp,
+                tmp,
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
                 0o600,
                 sys::RESOLVE_IN_LAYER,
             )?;
             sys::ftruncate(out.as_fd(), state.stat.size)?;
             copy_metadata(layer, &src.path, &state.stat, out.as_fd())?;
-            set_metacopy(out.as_fd())?;
-            let pfd = upper.dir_fd(&parent)?;
-            keeping_times(pfd.as_fd(), || {
-                sys::renameat2(
-                    upper.work(),
-                    &tmp,
-                    pfd.as_fd(),
-                    &name_cstr(name),
-                    libc::RENAME_NOREPLACE,
-                )
-            })
-        })();
-        if let Err(e) = built {
-            let _ = sys::unlinkat(upper.work(), &tmp, 0);
-            return Err(e);
-        }
+            set_metacopy(out.as_fd())
+        })?;
         let mut upper_stat = upper.layer.stat(&state.path)?;
         self.inos.alias(upper_stat.dev, upper_stat.ino, node.ino);
         upper_stat.blocks = state.stat.blocks; // the data's, as the kernel shows
@@ -463,6 +436,33 @@ impl Strata {
             node.hold_upper_copy(upper.layer.open(&state.top().path, libc::O_RDONLY)?);
         }
         Ok(())
+    }
+
+    /// Builds a new object as a temporary name in the workdir (`build`) and
+    /// moves it to `name` in `dir`, never over an existing name, keeping
+    /// `dir`'s times if asked (a copy-up is no change in the merged view).
+    /// On any failure the workdir keeps nothing.
+    pub(crate) fn place_new(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        keep_dir_times: bool,
+        build: impl FnOnce(&CStr) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let upper = self.upper_or_erofs()?;
+        let tmp = upper.tmp_name();
+        let result = build(&tmp).and_then(|()| {
+            let rename = || sys::renameat2(upper.work(), &tmp, dir, name, libc::RENAME_NOREPLACE);
+            if keep_dir_times {
+                keeping_times(dir, rename)
+            } else {
+                rename()
+            }
+        });
+        if result.is_err() {
+            let _ = sys::unlinkat(upper.work(), &tmp, 0);
+        }
+        result
     }
 
     /// Builds a copy of a lower non-directory as `tmp` in the workdir.

@@ -145,20 +145,9 @@ impl Strata {
         let bias = match index.layer.stat(&key) {
             Ok(_) => index.bias(&key) - 1, // one more name moves into the upper
             Err(e) if is_absent(&e) => {
-                let tmp = upper.tmp_name();
-                let built = self.copy_non_dir(state, &tmp).and_then(|()| {
-                    sys::renameat2(
-                        upper.work(),
-                        &tmp,
-                        index.layer.root_fd(),
-                        &key_c,
-                        libc::RENAME_NOREPLACE,
-                    )
-                });
-                if let Err(e) = built {
-                    let _ = sys::unlinkat(upper.work(), &tmp, 0);
-                    return Err(e);
-                }
+                self.place_new(index.layer.root_fd(), &key_c, false, |tmp| {
+                    self.copy_non_dir(state, tmp)
+                })?;
                 // The entry and this name are 2 links; the lower has nlink names.
                 state.stat.nlink as i64 - 2
             }
@@ -253,22 +242,10 @@ impl Strata {
         {
             return Ok(());
         }
-        let upper = self.upper_or_erofs()?;
         let key_c = CString::new(key.as_bytes()).expect("hex");
-        let tmp = upper.tmp_name();
-        let built = self.copy_non_dir(&state, &tmp).and_then(|()| {
-            sys::renameat2(
-                upper.work(),
-                &tmp,
-                index.layer.root_fd(),
-                &key_c,
-                libc::RENAME_NOREPLACE,
-            )
-        });
-        if let Err(e) = built {
-            let _ = sys::unlinkat(upper.work(), &tmp, 0);
-            return Err(e);
-        }
+        self.place_new(index.layer.root_fd(), &key_c, false, |tmp| {
+            self.copy_non_dir(&state, tmp)
+        })?;
         // Only the entry links the inode: it shows the lower count of names.
         let bias = state.stat.nlink as i64 - 1;
         index.set_bias(&key, bias)?;

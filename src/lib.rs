@@ -11,7 +11,8 @@
 //! | [`index`] | hard links that survive copy-up (kernel `index=on`) |
 //! | [`inode`] | the node table, lookup counts, inode numbers |
 //! | [`dcache`] | the sharded, bounded dentry cache (positive and negative) |
-//! | [`dir`] | namespace changes: create, link, unlink, rmdir, rename; whiteouts, opaque dirs |
+//! | [`dir`] | namespace changes: create, link, unlink, rmdir; whiteouts, opaque dirs |
+//! | [`rename`] | rename and renameat2; redirects for moved directories |
 //! | [`readdir`] | merged directory listings |
 //! | [`file`] | open file and directory handles |
 //! | [`xattr`] | visible vs internal extended attributes |
@@ -31,5 +32,6 @@ pub mod layer;
 pub mod lookup;
 pub mod options;
 pub mod readdir;
+pub mod rename;
 pub mod sys;
 pub mod xattr;

@@ -448,8 +448,12 @@ impl Layer for DirLayer {
     }
 
     fn file_marks(&self, path: &RelPath) -> io::Result<FileMarks> {
-        let fd = self.open_path(path)?;
-        let names = match sys::flistxattr(fd.as_fd()) {
+        let (dir, name) = path
+            .split_last()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // From the (cached) directory fd: no open of the file itself
+        // unless it is metadata-only.
+        let names = match sys::llistxattr_in(self.probe_dir(&dir)?.as_fd(), &cstring(name)?) {
             Ok(names) => names,
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(FileMarks::default()),
             Err(e) => return Err(e),
@@ -462,6 +466,7 @@ impl Layer for DirLayer {
         if marks.metacopy
             && let Some(x) = REDIRECT_XATTRS.into_iter().find(|x| has(x))
         {
+            let fd = self.open_path(path)?;
             marks.redirect = Some(sys::fgetxattr(fd.as_fd(), x)?).filter(|v| !v.is_empty());
         }
         Ok(marks)

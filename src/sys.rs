@@ -181,6 +181,32 @@ pub fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
 }
 
 /// `listxattr(2)` of the inode behind `fd`: the raw NUL-separated name list.
+/// The xattr names of `name` (one component, never `..`) in directory
+/// `dir`, not following a symlink: one call where they fit in 4 KiB.
+pub fn llistxattr_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    if name.to_bytes().contains(&b'/') || name.to_bytes() == b".." {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut path = proc_fd_path(dir).into_bytes();
+    path.push(b'/');
+    path.extend_from_slice(name.to_bytes());
+    let path = CString::new(path).expect("no NUL");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: `path` is NUL-terminated; `buf` is valid for `buf.len()` bytes.
+    let ret = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    match check_size(ret) {
+        Ok(len) => {
+            buf.truncate(len);
+            Ok(buf)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ERANGE) => read_sized(|buf| {
+            // SAFETY: as above.
+            unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+        }),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn flistxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let path = proc_fd_path(fd);
     read_sized(|buf| {

@@ -352,7 +352,7 @@ fn run_steps(test: &str, setup: Setup, next: &mut NextStep) -> RunReport {
         per.get_mut(&s.name).unwrap().extend(
             equivalence_problems("kernel", &want, &s.name, &got)
                 .into_iter()
-                .filter(|p| !known(&s.name, p))
+                .filter(|p| !known(&s.name, p) && !reference_quirk(p))
                 .map(|p| format!("merged view: {p}")),
         );
     }
@@ -406,7 +406,7 @@ fn run_steps(test: &str, setup: Setup, next: &mut NextStep) -> RunReport {
         per.get_mut(&s.name).unwrap().extend(
             equivalence_problems("kernel", &want, &s.name, &got)
                 .into_iter()
-                .filter(|p| !known(&s.name, p))
+                .filter(|p| !known(&s.name, p) && !reference_quirk(p))
                 .map(|p| format!("after remount: {p}")),
         );
         written.insert(s.name.clone(), got);
@@ -493,6 +493,19 @@ fn run_steps(test: &str, setup: Setup, next: &mut NextStep) -> RunReport {
         problems,
         kernel: kernel_outcomes,
     }
+}
+
+/// The reference's own breaks of the inode rules: kernel overlayfs with
+/// `index=on` can report a readdir `d_ino` other than the name's `st_ino`
+/// after some sequences of renames and links (seen once in ~150 random
+/// seeds). Not something strata must copy: printed, not failed. strata's
+/// own breaks (`[strata(...)] ...`) still fail.
+fn reference_quirk(problem: &str) -> bool {
+    let quirk = problem.starts_with("[kernel] ");
+    if quirk {
+        eprintln!("note: kernel overlayfs itself: {problem}");
+    }
+    quirk
 }
 
 fn check_script(test: &str, setup: Setup, script: &[Op]) -> RunReport {

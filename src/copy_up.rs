@@ -129,6 +129,17 @@ impl Upper {
         CString::new(format!("{TMP_PREFIX}{}.{n}", std::process::id())).expect("no NUL")
     }
 
+    /// A new, empty regular file `tmp` in the workdir, open for writing.
+    pub fn create_tmp_file(&self, tmp: &CStr) -> io::Result<OwnedFd> {
+        sys::openat2(
+            self.work(),
+            tmp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+            sys::RESOLVE_IN_LAYER,
+        )
+    }
+
     /// An O_PATH fd of directory `path` in the upper.
     pub fn dir_fd(&self, path: &RelPath) -> io::Result<OwnedFd> {
         self.layer.dir_fd(path)
@@ -351,13 +362,7 @@ impl Strata {
         let layer = self.stack.get(src.layer);
         let pfd = upper.dir_fd(&parent)?;
         self.place_new(pfd.as_fd(), &name_cstr(name), true, |tmp| {
-            let out = sys::openat2(
-                upper.work(),
-                tmp,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                0o600,
-                sys::RESOLVE_IN_LAYER,
-            )?;
+            let out = upper.create_tmp_file(tmp)?;
             sys::ftruncate(out.as_fd(), state.stat.size)?;
             copy_metadata(layer, &src.path, &state.stat, out.as_fd())?;
             set_metacopy(out.as_fd())
@@ -479,13 +484,7 @@ impl Strata {
                     .stack
                     .get(data.layer)
                     .open(&data.path, libc::O_RDONLY)?;
-                let output = sys::openat2(
-                    upper.work(),
-                    tmp,
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                    0o600,
-                    sys::RESOLVE_IN_LAYER,
-                )?;
+                let output = upper.create_tmp_file(tmp)?;
                 copy_data(input.as_fd(), output.as_fd(), stat.size)?;
                 copy_metadata(layer, &src.path, stat, output.as_fd())?;
                 // Durable before the rename makes it visible: after a crash

@@ -98,7 +98,7 @@ const PASSED_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_DSYNC
     | libc::O_NOATIME;
 
-fn wants_write(flags: i32) -> bool {
+pub(crate) fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 

@@ -692,7 +692,7 @@ impl fuser::Filesystem for Strata {
                     let node = self.nodes.remember(node);
                     // Fresh attributes (before passthrough marks it written).
                     let (ttl, attr) = (&self.ttl, self.attr(&node));
-                    let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+                    let writable = crate::file::wants_write(flags);
                     let file = OpenFile::new(fd, true, writable, Handle::new(&node));
                     let backing = self.passthrough_backing(&file, |fd| reply.open_backing(fd));
                     let fh = FileHandle(self.files.insert(file));

@@ -202,18 +202,10 @@ impl Strata {
             match target {
                 // The target holds only whiteouts (checked above) or is one:
                 // swap, then clear what now stands at the source name.
-                UpperEntry::Present { is_dir: true } if src_is_dir && dst_merged_dir => {
-                    sys::renameat2(
-                        pfd.as_fd(),
-                        &cname,
-                        npfd.as_fd(),
-                        &cnew,
-                        libc::RENAME_EXCHANGE,
-                    )?;
-                    remove_tree(&upper.layer, &dir.state().path, name)?;
-                }
-                UpperEntry::Whiteout if src_is_dir => {
-                    // Swap, then clear what now stands at the source name.
+                t if src_is_dir
+                    && (t == UpperEntry::Whiteout
+                        || (t == UpperEntry::Present { is_dir: true } && dst_merged_dir)) =>
+                {
                     sys::renameat2(
                         pfd.as_fd(),
                         &cname,

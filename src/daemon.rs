@@ -12,6 +12,7 @@ use fuser::MountOption;
 use log::info;
 
 use crate::fs::{DEFAULT_TIMEOUT, FsConfig, Strata};
+use crate::idmap::IdMap;
 use crate::options::Config;
 use crate::sys;
 
@@ -75,6 +76,13 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
         follow_redirects: config.redirects().1,
         passthrough: config.passthrough,
         metacopy: config.metacopy,
+        idmap: IdMap::new(
+            &config.uid_mappings,
+            &config.gid_mappings,
+            config.squash_to_root,
+            config.squash_to_uid,
+            config.squash_to_gid,
+        ),
     })?;
     let notifier = fs.notifier.clone();
     // Absolute, taken before the daemon moves to / (for a lazy unmount).

@@ -512,9 +512,12 @@ impl Strata {
         parent_has_lower: bool,
     ) -> io::Result<Option<OwnedFd>> {
         let cname = cstr(name);
-        // Root creating as root needs no switch (the common case).
-        let ids = ((creator.uid, creator.gid) != (0, 0) || !self.is_root)
-            .then(|| sys::FsIds::switch(creator.uid, creator.gid));
+        // Root creating as root needs no switch (the common case). Nor do
+        // mapped ids: the kernel checked the caller against the ids it was
+        // shown, which the upper does not hold, so root creates and chowns.
+        let as_caller = (creator.uid, creator.gid) != (0, 0) && !self.idmap.translates_stored_ids();
+        let ids =
+            (as_caller || !self.is_root).then(|| sys::FsIds::switch(creator.uid, creator.gid));
         let (fd, mode) = match *object {
             NewObject::File { mode, flags } => {
                 let flags = (flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL))

@@ -22,6 +22,7 @@ use crate::copy_up::Upper;
 use crate::dcache::DentryCache;
 use crate::dir::{Creator, NewObject};
 use crate::file::{AttrChange, Handle, HandleTable, OpenDir, OpenFile};
+use crate::idmap::IdMap;
 use crate::index::Index;
 use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
 use crate::layer::{DirLayer, Layer};
@@ -56,6 +57,8 @@ pub struct FsConfig {
     pub passthrough: bool,
     /// Metadata-only copy-up (`metacopy=on`).
     pub metacopy: bool,
+    /// How stored ids are shown (`uidmapping=`, `squash_to_root`, ...).
+    pub idmap: IdMap,
 }
 
 /// Default cache lifetime: layers only change through us, so the kernel's
@@ -79,6 +82,7 @@ pub struct Strata {
     pub(crate) fsync: bool,
     pub(crate) create_redirects: bool,
     pub(crate) metacopy: bool,
+    pub(crate) idmap: IdMap,
     /// The daemon runs as root (in its namespace).
     pub(crate) is_root: bool,
     /// Ask for FUSE passthrough (`passthrough=0` turns it off).
@@ -151,6 +155,7 @@ impl Strata {
             fsync: config.fsync,
             create_redirects: config.create_redirects,
             metacopy: config.metacopy,
+            idmap: config.idmap.clone(),
             is_root: sys::geteuid() == 0,
             passthrough_wanted: config.passthrough,
             passthrough_on: AtomicBool::new(false),
@@ -176,6 +181,7 @@ impl Strata {
             self.refresh(node); // the kernel wrote it through passthrough
         }
         let mut attr = node.attr();
+        (attr.uid, attr.gid) = self.idmap.shown(attr.uid, attr.gid);
         if self.static_nlink && node.kind == FileType::Directory {
             attr.nlink = 1;
         }
@@ -585,8 +591,8 @@ impl fuser::Filesystem for Strata {
         contained(|| {
             let change = AttrChange {
                 mode,
-                uid,
-                gid,
+                uid: uid.map(|u| self.idmap.stored_uid(u)),
+                gid: gid.map(|g| self.idmap.stored_gid(g)),
                 size,
                 atime,
                 mtime,
@@ -619,7 +625,7 @@ impl fuser::Filesystem for Strata {
             };
             self.reply_created(
                 reply,
-                self.create_object(parent, name, object, creator(req)),
+                self.create_object(parent, name, object, self.creator(req)),
             );
         });
     }
@@ -637,7 +643,7 @@ impl fuser::Filesystem for Strata {
             let object = NewObject::Dir { mode };
             self.reply_created(
                 reply,
-                self.create_object(parent, name, object, creator(req)),
+                self.create_object(parent, name, object, self.creator(req)),
             );
         });
     }
@@ -656,7 +662,7 @@ impl fuser::Filesystem for Strata {
             };
             self.reply_created(
                 reply,
-                self.create_object(parent, link_name, object, creator(req)),
+                self.create_object(parent, link_name, object, self.creator(req)),
             );
         });
     }
@@ -687,7 +693,7 @@ impl fuser::Filesystem for Strata {
     ) {
         contained(|| {
             let object = NewObject::File { mode, flags };
-            match self.create_object(parent, name, object, creator(req)) {
+            match self.create_object(parent, name, object, self.creator(req)) {
                 Ok((node, Some(fd))) => {
                     let node = self.nodes.remember(node);
                     // Fresh attributes (before passthrough marks it written).
@@ -951,13 +957,6 @@ fn cache_flags(node: &Node) -> FopenFlags {
     }
 }
 
-fn creator(req: &Request) -> Creator {
-    Creator {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
 fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
     match result {
         Ok(()) => reply.ok(),
@@ -966,6 +965,14 @@ fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
 }
 
 impl Strata {
+    /// The owner of what `req` creates, in the layers' numbering.
+    fn creator(&self, req: &Request) -> Creator {
+        Creator {
+            uid: self.idmap.stored_uid(req.uid()),
+            gid: self.idmap.stored_gid(req.gid()),
+        }
+    }
+
     fn reply_created(
         &self,
         reply: ReplyEntry,

@@ -5,6 +5,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`options`] | argv and mount options → a validated configuration |
+//! | [`idmap`] | uid/gid mapping and squashing between the layers and the mount |
 //! | [`layer`] | one layer: its directory fd, relative syscalls, whiteout/opaque formats |
 //! | [`lookup`] | the layer stack and top-down name resolution |
 //! | [`copy_up`] | the upper layer and workdir; atomic copy-up of lower objects |
@@ -26,6 +27,7 @@ pub mod dcache;
 pub mod dir;
 pub mod file;
 pub mod fs;
+pub mod idmap;
 pub mod index;
 pub mod inode;
 pub mod layer;

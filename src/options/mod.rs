@@ -85,16 +85,17 @@ pub enum Command {
 
 /// One range of an ID mapping, as given in `uidmapping=` / `gidmapping=`.
 ///
-/// IDs `container .. container + count` as seen through the mount
-/// correspond to IDs `host .. host + count` stored on the layers. This is
-/// the same shape as a line of `/proc/self/uid_map`, so a user namespace's
-/// whole map can be given on one line:
-/// `uidmapping=0:1000:1:1:110000:65536`.
+/// IDs `container .. container + count` as stored on the layers (the
+/// container's own numbering) are shown through the mount as IDs
+/// `host .. host + count`, as in fuse-overlayfs. This is the same shape as
+/// a line of `/proc/self/uid_map`, so a user namespace's whole map can be
+/// given on one line: `uidmapping=0:1000:1:1:110000:65536`.
+/// See [`crate::idmap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdMapping {
-    /// First ID of the range as seen inside the container (through the mount).
+    /// First ID of the range as stored in the layers.
     pub container: u32,
-    /// First ID of the range as stored on the host (in the layers).
+    /// First ID of the range as shown through the mount.
     pub host: u32,
     /// Number of consecutive IDs in the range; never 0.
     pub count: u32,

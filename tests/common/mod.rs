@@ -571,6 +571,12 @@ impl StrataMount {
     /// Runs `strata -o OPTIONS MOUNTPOINT`, which must exit 0 only once the
     /// mount is live (it daemonizes), or exit non-zero with an error on stderr.
     pub fn try_mount(spec: &MountSpec) -> Result<StrataMount, MountError> {
+        StrataMount::try_mount_with(&strata_bin(), spec)
+    }
+
+    /// The same with another program that takes strata's command line
+    /// (fuse-overlayfs, as a reference where the kernel has no equivalent).
+    pub fn try_mount_with(program: &Path, spec: &MountSpec) -> Result<StrataMount, MountError> {
         let dir = tempdir();
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
@@ -585,7 +591,7 @@ impl StrataMount {
                 .unwrap()
         };
         let (out, err) = (log("stdout.log"), log("stderr.log"));
-        let mut cmd = Command::new(strata_bin());
+        let mut cmd = Command::new(program);
         cmd.arg("-o").arg(spec.options()).arg(&mnt);
         let o = run_with_files(&mut cmd, MOUNT_TIMEOUT, out, err);
         let problem = match o.status {

@@ -609,7 +609,7 @@ fn copy_metadata(
     sys::fchownat(dst, c"", stat.uid, stat.gid, libc::AT_EMPTY_PATH)?;
     let names = xattr::none_if_unsupported(layer.list_xattr(src_path))?;
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if xattr::is_internal(name) {
+        if !xattr::is_copied_up(name) {
             continue;
         }
         let cname = CString::new(name).expect("split on NUL");

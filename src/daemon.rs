@@ -14,6 +14,7 @@ use log::info;
 use crate::fs::{DEFAULT_TIMEOUT, FsConfig, Strata};
 use crate::idmap::IdMap;
 use crate::options::Config;
+use crate::stat_override::Format;
 use crate::sys;
 
 /// Entries the dentry cache keeps at most.
@@ -56,7 +57,8 @@ fn unmount_lazily(mountpoint: &CStr) -> io::Result<()> {
     }
 }
 
-/// Mounts the filesystem described by `config` and serves it. Without
+/// Mounts the filesystem described by `config` and serves it (or, for a
+/// `/dev/fd/N` mountpoint, serves the mount the caller made). Without
 /// `foreground`, returns in the caller's process as soon as the mount is live
 /// (exit status 0) while a detached child serves it.
 pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
@@ -83,56 +85,109 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
             config.squash_to_uid,
             config.squash_to_gid,
         ),
+        xattr_permissions: Format::from_option(config.xattr_permissions),
     })?;
     let notifier = fs.notifier.clone();
-    // Absolute, taken before the daemon moves to / (for a lazy unmount).
-    let mountpoint = config.mountpoint.canonicalize().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("mountpoint '{}': {e}", config.mountpoint.display()),
-        )
-    })?;
-    let mountpoint = CString::new(mountpoint.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // How a termination signal ends the daemon; taken before it moves to /.
+    let on_signal = match config.fuse_fd {
+        Some(_) => OnSignal::Exit,
+        None => {
+            let mountpoint = config.mountpoint.canonicalize().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("mountpoint '{}': {e}", config.mountpoint.display()),
+                )
+            })?;
+            let mountpoint = CString::new(mountpoint.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            OnSignal::Unmount(mountpoint)
+        }
+    };
     // Modes asked for by the kernel are already masked by the caller's umask.
     sys::clear_umask();
     // Before any thread exists, so every thread inherits the mask and only
     // the signal thread below receives these signals.
     sys::block_termination_signals()?;
-    let mut session =
-        fuser::Session::new(fs, &config.mountpoint, &fuser_config(config)).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot mount on '{}': {e}", config.mountpoint.display()),
-            )
-        })?;
+    let mut session = match config.fuse_fd {
+        Some(fd) => serve_fd(fs, config, fd)?,
+        None => {
+            fuser::Session::new(fs, &config.mountpoint, &fuser_config(config)).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot mount on '{}': {e}", config.mountpoint.display()),
+                )
+            })?
+        }
+    };
     let _ = notifier.set(session.notifier());
     // The kernel's INIT has been answered: the mount is live.
     if !config.foreground {
+        // The /dev/fd/N number was adopted (closed) already.
+        let inherited: Vec<RawFd> = inherited
+            .iter()
+            .copied()
+            .filter(|&fd| Some(fd) != config.fuse_fd)
+            .collect();
         match sys::fork()? {
             sys::Forked::Parent => sys::exit_immediately(0),
-            sys::Forked::Child => sys::detach_from_caller(inherited)?,
+            sys::Forked::Child => sys::detach_from_caller(&inherited)?,
         }
     }
-    let mut unmounter = session.unmount_callable();
+    let unmounter = session.unmount_callable();
     thread::Builder::new()
         .name("strata-signals".into())
-        .spawn(move || {
-            let sig = sys::wait_for_termination();
-            info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                // Busy: detach it as libfuse does; it goes away, and the
-                // session ends, once the last process using it lets go.
-                info!("unmount on signal {sig}: {e}; detaching it");
-                if let Err(e) = unmount_lazily(&mountpoint) {
-                    log::warn!("could not detach the mount on signal {sig}: {e}");
-                }
-            }
-            let sig = sys::wait_for_termination();
-            info!("signal {sig} again: exiting now");
-            sys::exit_immediately(0);
-        })?;
+        .spawn(move || handle_signals(on_signal, unmounter))?;
     session.run()?;
     info!("unmounted; exiting");
     Ok(())
+}
+
+/// What the first termination signal does.
+enum OnSignal {
+    /// Unmount the mount strata made at this (absolute) path.
+    Unmount(CString),
+    /// Exit: strata did not mount a `/dev/fd/N` mount, and may lack the
+    /// privilege to unmount it. Leaving ends the FUSE connection; the mount
+    /// answers ENOTCONN until its owner unmounts it (as with libfuse).
+    Exit,
+}
+
+/// The signal thread: waits for SIGTERM, SIGINT or SIGHUP and ends the mount.
+fn handle_signals(on_signal: OnSignal, mut unmounter: fuser::SessionUnmounter) {
+    let sig = sys::wait_for_termination();
+    let OnSignal::Unmount(mountpoint) = on_signal else {
+        info!("signal {sig}: exiting (the caller owns the mount)");
+        sys::exit_immediately(0);
+    };
+    info!("signal {sig}: unmounting");
+    if let Err(e) = unmounter.unmount() {
+        // Busy: detach it as libfuse does; it goes away, and the
+        // session ends, once the last process using it lets go.
+        info!("unmount on signal {sig}: {e}; detaching it");
+        if let Err(e) = unmount_lazily(&mountpoint) {
+            log::warn!("could not detach the mount on signal {sig}: {e}");
+        }
+    }
+    let sig = sys::wait_for_termination();
+    info!("signal {sig} again: exiting now");
+    sys::exit_immediately(0);
+}
+
+/// A session on the already-mounted `/dev/fuse` fd `fd` (a `/dev/fd/N`
+/// mountpoint, validated before): answers the kernel's INIT on it.
+fn serve_fd(fs: Strata, config: &Config, fd: RawFd) -> io::Result<fuser::Session<Strata>> {
+    let what = config.mountpoint.display();
+    let fd = sys::adopt_inherited_fd(fd)
+        .map_err(|e| io::Error::new(e.kind(), format!("mountpoint '{what}': {e}")))?;
+    fuser::Session::from_fd(fs, fd, config.session_acl(), fuser_config(config)).map_err(|e| {
+        let reason = match e.raw_os_error() {
+            // The kernel refuses to read a /dev/fuse fd no mount uses.
+            Some(libc::EPERM) => "the /dev/fuse fd is not mounted".to_string(),
+            _ if e.kind() == io::ErrorKind::NotConnected => {
+                "the mount went away before strata could serve it".to_string()
+            }
+            _ => e.to_string(),
+        };
+        io::Error::new(e.kind(), format!("cannot serve '{what}': {reason}"))
+    })
 }

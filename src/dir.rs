@@ -23,6 +23,7 @@ use crate::layer::{
     whiteout_name_for,
 };
 use crate::readdir::merged_listing;
+use crate::stat_override::Override;
 use crate::sys;
 
 /// What to create.
@@ -44,6 +45,38 @@ pub enum NewObject<'a> {
     Symlink {
         target: &'a OsStr,
     },
+}
+
+impl NewObject<'_> {
+    /// The permission bits asked for (symlinks: 0777).
+    fn perm(&self) -> u32 {
+        match *self {
+            NewObject::File { mode, .. }
+            | NewObject::Dir { mode }
+            | NewObject::Special { mode, .. } => mode & 0o7777,
+            NewObject::Symlink { .. } => 0o777,
+        }
+    }
+
+    /// The same object as the daemon keeps it when a record holds its
+    /// mode: no set-id bits, and always usable by its owner, the daemon.
+    fn for_daemon(self) -> Self {
+        let owner = |mode: u32, bits: u32| (mode & !0o7777) | (mode & 0o777) | bits;
+        match self {
+            NewObject::File { mode, flags } => NewObject::File {
+                mode: owner(mode, 0o600),
+                flags,
+            },
+            NewObject::Dir { mode } => NewObject::Dir {
+                mode: owner(mode, 0o700),
+            },
+            NewObject::Special { mode, rdev } => NewObject::Special {
+                mode: owner(mode, 0o600),
+                rdev,
+            },
+            symlink @ NewObject::Symlink { .. } => symlink,
+        }
+    }
 }
 
 /// Who creates it: the owner of new objects.
@@ -418,9 +451,55 @@ impl Strata {
         } else {
             creator.gid
         };
+        // Where the upper keeps owner-and-mode records, the object is the
+        // daemon's and the record holds what the caller gets (the same
+        // rules, applied to the parent's record).
+        let file_or_dir = match object {
+            NewObject::File { .. } | NewObject::Dir { .. } => true,
+            NewObject::Special { mode, .. } => mode & libc::S_IFMT == libc::S_IFREG,
+            NewObject::Symlink { .. } => false,
+        };
+        let record = self.record_for_new(file_or_dir, {
+            let parent = self.record_of(&dir);
+            let sgid = parent.map_or(parent_sgid, |r| r.perm & libc::S_ISGID != 0);
+            let is_dir = matches!(object, NewObject::Dir { .. });
+            Override {
+                uid: creator.uid,
+                gid: match parent {
+                    Some(r) if sgid => r.gid,
+                    _ => gid,
+                },
+                perm: object.perm() | if sgid && is_dir { libc::S_ISGID } else { 0 },
+                stand_in: None,
+            }
+        });
+        let (object, creator, gid) = match record {
+            Some(_) => {
+                let daemon = Creator {
+                    uid: sys::geteuid(),
+                    gid: sys::getegid(),
+                };
+                (object.for_daemon(), daemon, daemon.gid)
+            }
+            None => (object, creator, gid),
+        };
+        let cname = cstr(name);
         if existing == UpperEntry::Absent {
             match self.create_in_place(pfd.as_fd(), name, &object, creator, gid, parent_has_lower) {
-                Ok(fd) => return self.created(&dir, &dir_state, pfd.as_fd(), name, fd),
+                Ok(fd) => {
+                    if let Some(record) = record
+                        && let Err(e) = self.write_new_record(pfd.as_fd(), &cname, record)
+                    {
+                        let flag = if matches!(object, NewObject::Dir { .. }) {
+                            libc::AT_REMOVEDIR
+                        } else {
+                            0
+                        };
+                        let _ = sys::unlinkat(pfd.as_fd(), &cname, flag);
+                        return Err(errno(e));
+                    }
+                    return self.created(&dir, &dir_state, pfd.as_fd(), name, fd);
+                }
                 // Refused as the caller (the upper differs from what the
                 // kernel checked): build it as the daemon below.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {}
@@ -466,6 +545,9 @@ impl Strata {
                 }
             };
             sys::fchownat(work, &tmp, creator.uid, gid, 0)?;
+            if let Some(record) = record {
+                self.write_new_record(work, &tmp, record)?;
+            }
             if let Some(mode) = mode
                 && mode & (libc::S_ISUID | libc::S_ISGID) != 0
             {

@@ -309,7 +309,13 @@ impl Strata {
             };
             sys::ftruncate(writable.as_fd(), size).map_err(errno)?;
         }
-        if change.uid.is_some() || change.gid.is_some() {
+        let recorded = (change.uid.is_some() || change.gid.is_some() || change.mode.is_some())
+            && self
+                .set_record(node, fd.as_fd(), change.uid, change.gid, change.mode)
+                .map_err(errno)?;
+        if recorded {
+            // Owner and mode live in the record; the inode stays the daemon's.
+        } else if change.uid.is_some() || change.gid.is_some() {
             sys::fchownat(
                 fd.as_fd(),
                 c"",
@@ -319,7 +325,7 @@ impl Strata {
             )
             .map_err(errno)?;
         }
-        if let Some(mode) = change.mode {
+        if let Some(mode) = change.mode.filter(|_| !recorded) {
             sys::fchmod_any(fd.as_fd(), mode & 0o7777).map_err(errno)?;
         }
         if change.atime.is_some() || change.mtime.is_some() {

@@ -28,6 +28,7 @@ use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
 use crate::layer::{DirLayer, Layer};
 use crate::lookup::LayerStack;
 use crate::readdir::merged_listing;
+use crate::stat_override::{self, Format};
 use crate::sys;
 use crate::xattr;
 
@@ -59,6 +60,9 @@ pub struct FsConfig {
     pub metacopy: bool,
     /// How stored ids are shown (`uidmapping=`, `squash_to_root`, ...).
     pub idmap: IdMap,
+    /// Owner and mode records for layers that carry no mark of their own
+    /// (`xattr_permissions=`).
+    pub xattr_permissions: Option<Format>,
 }
 
 /// Default cache lifetime: layers only change through us, so the kernel's
@@ -83,6 +87,8 @@ pub struct Strata {
     pub(crate) create_redirects: bool,
     pub(crate) metacopy: bool,
     pub(crate) idmap: IdMap,
+    /// Per layer: where owner-and-mode records are kept, if anywhere.
+    pub(crate) records: Vec<Option<Format>>,
     /// The daemon runs as root (in its namespace).
     pub(crate) is_root: bool,
     /// Ask for FUSE passthrough (`passthrough=0` turns it off).
@@ -137,10 +143,12 @@ impl Strata {
             }
             None => None,
         };
+        let records =
+            stat_override::layer_formats(&stack, upper.is_some(), config.xattr_permissions);
         let nodes = InodeTable::default();
         let root = stack.root_state()?;
         nodes.pin(Arc::new(Node::new(ROOT_INO, ROOT_INO, root)));
-        Ok(Strata {
+        let fs = Strata {
             stack,
             upper,
             index,
@@ -156,11 +164,14 @@ impl Strata {
             create_redirects: config.create_redirects,
             metacopy: config.metacopy,
             idmap: config.idmap.clone(),
+            records,
             is_root: sys::geteuid() == 0,
             passthrough_wanted: config.passthrough,
             passthrough_on: AtomicBool::new(false),
             notifier: Arc::default(),
-        })
+        };
+        fs.mark_upper();
+        Ok(fs)
     }
 
     /// A failed request changed `node` on the way (a copy-up, say): the
@@ -181,6 +192,9 @@ impl Strata {
             self.refresh(node); // the kernel wrote it through passthrough
         }
         let mut attr = node.attr();
+        if let Some(record) = self.record_of(node) {
+            record.apply(&mut attr);
+        }
         (attr.uid, attr.gid) = self.idmap.shown(attr.uid, attr.gid);
         if self.static_nlink && node.kind == FileType::Directory {
             attr.nlink = 1;
@@ -560,11 +574,12 @@ impl fuser::Filesystem for Strata {
             if self.noxattrs {
                 return reply.error(Errno::ENOTSUP);
             }
-            let result = self
-                .node(ino)
-                .and_then(|node| self.list_xattr(&node).map_err(errno));
+            let result = self.node(ino).and_then(|node| {
+                let raw = self.list_xattr(&node).map_err(errno)?;
+                Ok(self.visible_xattr_names(&node, &raw))
+            });
             match result {
-                Ok(raw) => Self::reply_xattr(reply, &xattr::visible_names(&raw), size),
+                Ok(names) => Self::reply_xattr(reply, &names, size),
                 Err(e) => reply.error(e),
             }
         });

@@ -17,6 +17,7 @@
 //! | [`readdir`] | merged directory listings |
 //! | [`file`] | open file and directory handles |
 //! | [`xattr`] | visible vs internal extended attributes |
+//! | [`stat_override`] | owner and mode kept in xattrs (`xattr_permissions=`) |
 //! | [`fs`] | the `fuser::Filesystem` dispatcher |
 //! | [`daemon`] | mounting, detaching from the caller, clean shutdown |
 //! | [`sys`] | the only `unsafe`: thin syscall wrappers |
@@ -35,5 +36,6 @@ pub mod lookup;
 pub mod options;
 pub mod readdir;
 pub mod rename;
+pub mod stat_override;
 pub mod sys;
 pub mod xattr;

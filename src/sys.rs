@@ -102,6 +102,31 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     fstatat(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
 }
 
+/// `fstat(2)` of an fd given by number, e.g. one named on the command line
+/// (`/dev/fd/N`): a number that is not open gives EBADF.
+pub fn fstat_fd(fd: RawFd) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer for a stat; fstat only reads the fd number.
+    check(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it filled the whole struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Takes over the inherited fd `fd` (once; nothing else may use it after):
+/// returns a copy above stderr that is closed on exec, and closes `fd`
+/// itself unless it is 0, 1 or 2, which detaching replaces anyway.
+pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC only duplicates the fd; a bad number gives EBADF.
+    let copy = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+    if fd > 2 {
+        // SAFETY: the caller hands `fd` over and never uses its number again.
+        unsafe { libc::close(fd) };
+    }
+    Ok(copy)
+}
+
 /// `fstatvfs(3)` of an open fd.
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
@@ -237,6 +262,11 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
 }
 
 /// Raises the soft open-file limit to the hard limit: the daemon holds one fd

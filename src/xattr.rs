@@ -8,23 +8,34 @@ use std::os::unix::ffi::OsStrExt;
 
 use fuser::Errno;
 
+use crate::copy_up::UPPER;
 use crate::fs::{Strata, errno};
 use crate::inode::Node;
+use crate::stat_override;
 use crate::sys;
 
 /// Namespaces of internal xattrs: kernel overlayfs (`trusted.` and
 /// `userxattr` forms), fuse-overlayfs, containers-storage and strata itself.
 /// They are never listed, read or written through the mount.
-const INTERNAL_PREFIXES: [&[u8]; 5] = [
+const INTERNAL_PREFIXES: [&[u8]; 6] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
+    b"security.fuseoverlayfs.",
     b"user.containers.",
     b"user.strata.",
 ];
 
 pub fn is_internal(name: &[u8]) -> bool {
     INTERNAL_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether copy-up carries `name` over: everything but what belongs to
+/// one overlay mount's own bookkeeping. Owner-and-mode records and
+/// containers-storage's xattrs describe the object, so they go along (as
+/// the kernel, which only knows its own, copies them too).
+pub fn is_copied_up(name: &[u8]) -> bool {
+    !is_internal(name) || name.starts_with(b"user.containers.") || stat_override::is_record(name)
 }
 
 /// The errno for reading an internal xattr. Kernel overlayfs answers ENODATA
@@ -59,7 +70,10 @@ impl Strata {
             return sys::fgetxattr(fd.as_fd(), name);
         }
         let top = node.state().top().clone();
-        self.stack.get(top.layer).get_xattr(&top.path, name)
+        let stored = self.stored_xattr_name(top.layer, name);
+        self.stack
+            .get(top.layer)
+            .get_xattr(&top.path, stored.as_deref().unwrap_or(name))
     }
 
     /// The raw NUL-separated names of `node`'s xattrs, internal ones included.
@@ -93,6 +107,7 @@ impl Strata {
         }
         self.copy_up_metadata(node).map_err(errno)?;
         let fd = self.object_fd(node).map_err(errno)?;
+        let cname = self.stored_xattr_name(UPPER, &cname).unwrap_or(cname);
         match value {
             Some((value, flags)) => sys::fsetxattr_any(fd.as_fd(), &cname, value, flags),
             None => sys::fremovexattr_any(fd.as_fd(), &cname),

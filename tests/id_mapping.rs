@@ -12,45 +12,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
+use std::os::unix::fs::{PermissionsExt, lchown};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::shell::{listing, run_script};
 use common::*;
 
 const FUSE_OVERLAYFS: &str = "/usr/bin/fuse-overlayfs";
-
-/// One path of a tree: type, mode, owner, size and link target, plus the
-/// content of regular files.
-fn listing(root: &Path) -> BTreeMap<String, String> {
-    fn visit(root: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
-        let full = root.join(rel);
-        let md = fs::symlink_metadata(&full).unwrap();
-        let ft = md.file_type();
-        let mut line = format!(
-            "{:o} {}:{} {}",
-            md.mode(),
-            md.uid(),
-            md.gid(),
-            if ft.is_dir() { 0 } else { md.size() }
-        );
-        if ft.is_symlink() {
-            line += &format!(" -> {}", fs::read_link(&full).unwrap().display());
-        } else if ft.is_file() {
-            line += &format!(" {:?}", String::from_utf8_lossy(&fs::read(&full).unwrap()));
-        }
-        out.insert(format!("/{}", rel.display()), line);
-        if ft.is_dir() {
-            for e in fs::read_dir(&full).unwrap() {
-                visit(root, &rel.join(e.unwrap().file_name()), out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    visit(root, Path::new(""), &mut out);
-    out
-}
 
 /// The upper directory, without the opaque-directory markers
 /// fuse-overlayfs adds beside its xattr (strata, like the kernel, marks
@@ -98,48 +68,6 @@ fn copy_tree(from: &Path, to: &Path) {
         Duration::from_secs(30),
     );
     assert!(o.success(), "{o}");
-}
-
-/// What running `script` printed and returned, command by command: each
-/// line of the script runs as `sh -c LINE` in the mount, as root, or as
-/// `uid:gid` after a leading `as UID:GID`.
-fn run_script(mnt: &Path, script: &[&str]) -> Vec<String> {
-    script
-        .iter()
-        .map(|line| {
-            let mut cmd = match line.strip_prefix("as ") {
-                Some(rest) => {
-                    let (ids, command) = rest.split_once(' ').unwrap();
-                    let (uid, gid) = ids.split_once(':').unwrap();
-                    let mut c = Command::new("setpriv");
-                    c.args([
-                        &format!("--reuid={uid}"),
-                        &format!("--regid={gid}"),
-                        "--clear-groups",
-                        "sh",
-                        "-c",
-                        command,
-                    ]);
-                    c
-                }
-                None => {
-                    let mut c = Command::new("sh");
-                    c.args(["-c", line]);
-                    c
-                }
-            };
-            cmd.current_dir(mnt).env("LC_ALL", "C");
-            let o = run_with_timeout(&mut cmd, Duration::from_secs(20));
-            // Messages name the path, never the mount point.
-            let err = o.stderr.replace(mnt.to_str().unwrap(), "MNT");
-            format!(
-                "{line} => {:?} {} {}",
-                o.status.and_then(|s| s.code()),
-                o.stdout.trim(),
-                err.trim()
-            )
-        })
-        .collect()
 }
 
 struct Outcome {

@@ -47,8 +47,19 @@
 //! Paths are kept byte for byte as given: no normalisation, no resolution of
 //! `..` or symlinks. `/s/l/ID/../diff1` stays exactly that; the kernel
 //! resolves it (following symlinks) when the directory is opened.
+//!
+//! # A `/dev/fd/N` mountpoint
+//!
+//! As in libfuse, a mountpoint spelt `/dev/fd/N` (N decimal digits) names
+//! an open `/dev/fuse` fd that the caller has mounted already:
+//! `mount.fuse3 -o drop_privileges` mounts, then runs strata without any
+//! capability. [`Config::fuse_fd`] is then set, the options are the ones the
+//! caller mounted with (strata adds no root defaults), and kernel mount flags
+//! strata could not have applied itself (`nodiratime`, ...) are not warned
+//! about: the caller applied them.
 
 use std::fmt;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,6 +70,8 @@ mod parse;
 mod test_support;
 #[cfg(test)]
 mod tests_argv;
+#[cfg(test)]
+mod tests_mount_helpers;
 #[cfg(test)]
 mod tests_parse;
 #[cfg(test)]
@@ -177,6 +190,12 @@ pub struct Config {
     pub workdir: Option<PathBuf>,
     /// Where to mount: the last positional argument, kept as given.
     pub mountpoint: PathBuf,
+    /// The mountpoint was `/dev/fd/N`: fd N is a `/dev/fuse` device the
+    /// caller has mounted already (`mount.fuse3 -o drop_privileges` does
+    /// this). strata serves it and mounts nothing; [`Config::fuse_options`]
+    /// then holds only the options given, which are the ones the caller
+    /// mounted with (no root defaults).
+    pub fuse_fd: Option<RawFd>,
     /// Stay in the foreground (`-f`; implied by `-d`, `--debug`, `-o debug`).
     pub foreground: bool,
     /// Log every request (`-d`, `--debug`, `-o debug`).
@@ -376,6 +395,13 @@ pub enum OptionsError {
         /// The second directory as given.
         second: PathBuf,
     },
+    /// A `/dev/fd/N` mountpoint that is not an open `/dev/fuse` fd.
+    BadFuseFd {
+        /// The mountpoint as given.
+        path: PathBuf,
+        /// What is wrong with it, e.g. `not an open file descriptor`.
+        reason: String,
+    },
     /// One directory lies inside another where that is not allowed.
     Nested {
         /// The role of the directory that is inside.
@@ -464,6 +490,9 @@ impl fmt::Display for OptionsError {
                 first.display(),
                 second.display()
             ),
+            Self::BadFuseFd { path, reason } => {
+                write!(f, "mountpoint '{}': {reason}", path.display())
+            }
             Self::Nested {
                 inner_role,
                 inner,
@@ -633,6 +662,7 @@ impl Default for Config {
             upperdir: None,
             workdir: None,
             mountpoint: PathBuf::new(),
+            fuse_fd: None,
             foreground: false,
             debug: false,
             read_only: false,
@@ -738,7 +768,10 @@ usage: strata [-f] [-d|--debug] [-s] [-o OPTS]... [SOURCE] MOUNTPOINT
        strata --help | -h
 
 Mount a union of directories at MOUNTPOINT (a userspace overlay filesystem,
-a drop-in for fuse-overlayfs). SOURCE, if given, is ignored.
+a drop-in for fuse-overlayfs). SOURCE, if given, is ignored. MOUNTPOINT may
+be /dev/fd/N, a /dev/fuse fd the caller has mounted (mount.fuse3 -o
+drop_privileges): strata then serves it, and the mount options are the
+caller's.
 
 flags:
     -f                     stay in the foreground
@@ -757,8 +790,8 @@ layer options:
                            (required with upperdir)
 
 fuse-overlayfs options:
-    uidmapping=C:H:N[:C:H:N...]  show host uid H+i as container uid C+i, i < N
-    gidmapping=C:H:N[:C:H:N...]  the same for group ids
+    uidmapping=L:M:N[:L:M:N...]  show uid L+i of the layers as uid M+i, i < N
+    gidmapping=L:M:N[:L:M:N...]  the same for group ids
     squash_to_root         every file appears owned by root
     squash_to_uid=UID      every file appears owned by UID
     squash_to_gid=GID      every file appears owned by group GID

@@ -1,6 +1,7 @@
 //! Reading argv and `-o` option lists into a [`Config`].
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,7 +91,12 @@ pub(super) fn scan_args(mut args: impl Iterator<Item = OsString>) -> Result<Scan
 /// checks that the result describes a mount.
 pub(super) fn build_config(raw: &RawArgs, is_root: bool) -> Result<Config, OptionsError> {
     let mut config = Config::default();
-    if is_root {
+    // Known before the options are read: a caller that mounted already
+    // chose the kernel mount's options, so strata's defaults do not apply.
+    if let Some(last) = raw.positionals.last() {
+        config.fuse_fd = dev_fd(last.as_bytes())?;
+    }
+    if is_root && config.fuse_fd.is_none() {
         for option in [
             FuseOption::DefaultPermissions,
             FuseOption::AllowOther,
@@ -133,6 +139,21 @@ pub(super) fn mountpoint(positionals: &[OsString]) -> Result<PathBuf, OptionsErr
     Ok(PathBuf::from(last))
 }
 
+/// `/dev/fd/N` (N decimal digits, as libfuse reads it) names the fd N;
+/// any other path is `None`.
+pub(super) fn dev_fd(path: &[u8]) -> Result<Option<RawFd>, OptionsError> {
+    match path.strip_prefix(b"/dev/fd/") {
+        Some(digits) if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {
+            let number = decimal_u32(digits).and_then(|n| RawFd::try_from(n).ok());
+            number.map(Some).ok_or_else(|| OptionsError::BadFuseFd {
+                path: path_from_bytes(path.to_vec()),
+                reason: "not a valid file descriptor number".into(),
+            })
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The checks and derived fields that need all options to be known.
 pub(super) fn finish(mut config: Config) -> Result<Config, OptionsError> {
     if config.lowerdirs.is_empty() {
@@ -147,6 +168,19 @@ pub(super) fn finish(mut config: Config) -> Result<Config, OptionsError> {
         set_fuse_option(&mut config.fuse_options, FuseOption::ReadOnly);
     }
     config.read_only = config.fuse_options.contains(&FuseOption::ReadOnly);
+    if config.fuse_fd.is_some()
+        && config.fuse_options.contains(&FuseOption::AllowOther)
+        && !config
+            .fuse_options
+            .contains(&FuseOption::DefaultPermissions)
+    {
+        // strata relies on the kernel to check file modes.
+        config.warnings.push(
+            "the caller mounted with allow_other but without default_permissions: \
+             file modes are not checked"
+                .into(),
+        );
+    }
     if config.volatile {
         config.fsync = false;
     }
@@ -221,9 +255,19 @@ pub(super) fn strip_quotes(value: &[u8]) -> &[u8] {
 pub(super) fn is_mount_helper_option(key: &str) -> bool {
     matches!(
         key,
-        "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "nouser" | "users"
+        "defaults"
+            | "auto"
+            | "noauto"
+            | "nofail"
+            | "_netdev"
+            | "user"
+            | "nouser"
+            | "users"
+            | "owner"
+            | "group"
+            | "comment"
     ) || key.starts_with("x-")
-        || key == "comment"
+        || key.starts_with("X-")
 }
 
 /// Kernel mount flags that strata's mount path cannot express; ignored with
@@ -238,6 +282,8 @@ pub(super) fn is_unsupported_mount_flag(key: &str) -> bool {
             | "nodiratime"
             | "mand"
             | "nomand"
+            | "symfollow"
+            | "nosymfollow"
     )
 }
 
@@ -304,6 +350,8 @@ pub(super) fn apply_option(
             apply_access(config, access, key)?;
         }
         _ if is_mount_helper_option(key) => {}
+        // On a /dev/fd/N mount the caller has applied them.
+        _ if is_unsupported_mount_flag(key) && config.fuse_fd.is_some() => {}
         _ if is_unsupported_mount_flag(key) => config.warnings.push(format!(
             "mount option '{}' is not supported and was ignored",
             lossy(item)

@@ -2,10 +2,12 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::*;
+use crate::sys;
 
 // ---------------------------------------------------------------------------
 // Validation against the filesystem
@@ -22,6 +24,9 @@ use super::*;
 /// * upperdir, workdir and the mountpoint: not inside a lowerdir, and not
 ///   containing one;
 /// * the mountpoint: not inside upperdir or workdir, and not containing them.
+///
+/// A `/dev/fd/N` mountpoint ([`Config::fuse_fd`]) must instead be an open
+/// `/dev/fuse` fd; where it is mounted is the caller's business.
 ///
 /// "Inside" is decided on the real directories, not on spelling: each path
 /// is canonicalised (following symlinks, as the kernel does) and compared by
@@ -46,7 +51,12 @@ pub fn validate(config: &Config) -> Result<(), OptionsError> {
         .as_deref()
         .map(|path| require_directory(Role::Workdir, path))
         .transpose()?;
-    require_directory(Role::Mountpoint, &config.mountpoint)?;
+    match config.fuse_fd {
+        Some(fd) => require_fuse_fd(&config.mountpoint, fd)?,
+        None => {
+            require_directory(Role::Mountpoint, &config.mountpoint)?;
+        }
+    }
 
     if let (Some(upper), Some(work)) = (&upper, &work)
         && upper.dev() != work.dev()
@@ -73,19 +83,59 @@ pub(super) fn require_directory(role: Role, path: &Path) -> Result<fs::Metadata,
     }
 }
 
+/// The device numbers of `/dev/fuse`.
+const FUSE_DEV: (u32, u32) = (10, 229);
+
+/// `fd` (named by `path`, `/dev/fd/N`) must be an open `/dev/fuse` fd.
+pub(super) fn require_fuse_fd(path: &Path, fd: RawFd) -> Result<(), OptionsError> {
+    let bad = |reason: String| OptionsError::BadFuseFd {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let st = match sys::fstat_fd(fd) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
+            return Err(bad("not an open file descriptor".into()));
+        }
+        Err(e) => return Err(bad(strip_os_error(&e))),
+    };
+    let kind = st.st_mode & libc::S_IFMT;
+    let dev = (libc::major(st.st_rdev), libc::minor(st.st_rdev));
+    if kind == libc::S_IFCHR && dev == FUSE_DEV {
+        return Ok(());
+    }
+    let what = match kind {
+        libc::S_IFIFO => "a pipe".to_string(),
+        libc::S_IFSOCK => "a socket".to_string(),
+        libc::S_IFREG => "a regular file".to_string(),
+        libc::S_IFDIR => "a directory".to_string(),
+        libc::S_IFLNK => "a symbolic link".to_string(),
+        libc::S_IFBLK => format!("the block device {}:{}", dev.0, dev.1),
+        libc::S_IFCHR => format!("the character device {}:{}", dev.0, dev.1),
+        _ => "not a device".to_string(),
+    };
+    Err(bad(format!(
+        "not a /dev/fuse file descriptor (it is {what})"
+    )))
+}
+
+/// The system's text for `error` without Rust's ` (os error N)` suffix.
+fn strip_os_error(error: &io::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" (os error ") {
+        Some(index) if text.ends_with(')') => text.get(..index).unwrap_or(&text).to_owned(),
+        _ => text,
+    }
+}
+
 /// Wraps an I/O error with the directory it concerns. The message is the
 /// system's text without Rust's ` (os error N)` suffix, so it reads like
 /// `lowerdir '/x': No such file or directory`.
 pub(super) fn io_error(role: Role, path: &Path, error: &io::Error) -> OptionsError {
-    let text = error.to_string();
-    let message = match text.rfind(" (os error ") {
-        Some(index) if text.ends_with(')') => text.get(..index).unwrap_or(&text).to_owned(),
-        _ => text,
-    };
     OptionsError::Io {
         role,
         path: path.to_path_buf(),
-        message,
+        message: strip_os_error(error),
     }
 }
 
@@ -164,22 +214,28 @@ pub(super) fn check_nesting(config: &Config) -> Result<(), OptionsError> {
         .as_deref()
         .map(|path| locate(Role::Workdir, path))
         .transpose()?;
-    let mountpoint = locate(Role::Mountpoint, &config.mountpoint)?;
+    // A /dev/fd/N mountpoint has no directory of ours to compare.
+    let mountpoint = match config.fuse_fd {
+        Some(_) => None,
+        None => Some(locate(Role::Mountpoint, &config.mountpoint)?),
+    };
 
     if let (Some(upper), Some(work)) = (&upper, &work) {
         keep_apart(work, upper)?;
     }
     for lower in &config.lowerdirs {
         let lower = locate(Role::Lowerdir, lower)?;
-        for dir in [upper.as_ref(), work.as_ref(), Some(&mountpoint)]
+        for dir in [upper.as_ref(), work.as_ref(), mountpoint.as_ref()]
             .into_iter()
             .flatten()
         {
             keep_apart(dir, &lower)?;
         }
     }
-    for dir in [upper.as_ref(), work.as_ref()].into_iter().flatten() {
-        keep_apart(&mountpoint, dir)?;
+    if let Some(mountpoint) = &mountpoint {
+        for dir in [upper.as_ref(), work.as_ref()].into_iter().flatten() {
+            keep_apart(mountpoint, dir)?;
+        }
     }
     Ok(())
 }

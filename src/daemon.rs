@@ -86,6 +86,7 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
             config.squash_to_gid,
         ),
         xattr_permissions: Format::from_option(config.xattr_permissions),
+        acl: !config.noacl,
     })?;
     let notifier = fs.notifier.clone();
     // How a termination signal ends the daemon; taken before it moves to /.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use fuser::{Errno, FileType, INodeNo};
 
+use crate::acl;
 use crate::copy_up::{UPPER, Upper, keeping_times, remove_tree};
 use crate::dcache::Dentry;
 use crate::fs::{Strata, errno};
@@ -58,6 +59,23 @@ impl NewObject<'_> {
         }
     }
 
+    /// The object with `umask` applied to its mode.
+    fn masked(self, umask: u32) -> Self {
+        let masked = |mode: u32| mode & !(umask & 0o777);
+        match self {
+            NewObject::File { mode, flags } => NewObject::File {
+                mode: masked(mode),
+                flags,
+            },
+            NewObject::Dir { mode } => NewObject::Dir { mode: masked(mode) },
+            NewObject::Special { mode, rdev } => NewObject::Special {
+                mode: masked(mode),
+                rdev,
+            },
+            symlink @ NewObject::Symlink { .. } => symlink,
+        }
+    }
+
     /// The same object as the daemon keeps it when a record holds its
     /// mode: no set-id bits, and always usable by its owner, the daemon.
     fn for_daemon(self) -> Self {
@@ -84,6 +102,8 @@ impl NewObject<'_> {
 pub struct Creator {
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask (the kernel leaves it to us: FUSE_DONT_MASK).
+    pub umask: u32,
 }
 
 /// What the upper directory holds under a name.
@@ -442,6 +462,15 @@ impl Strata {
             .any(|o| o.layer != UPPER);
         let pfd = upper.dir_fd(&dir_state.path).map_err(errno)?;
         let existing = upper_entry(pfd.as_fd(), name).map_err(errno)?;
+        // A default ACL replaces the umask, and is inherited.
+        let inherited = match self.acl_on() {
+            true => acl::default_of(pfd.as_fd()).map_err(errno)?,
+            false => None,
+        };
+        let object = match inherited {
+            Some(_) => object,
+            None => object.masked(creator.umask),
+        };
 
         // Like the kernel: a set-group-id directory passes on its group, and
         // to subdirectories the bit itself.
@@ -478,6 +507,7 @@ impl Strata {
                 let daemon = Creator {
                     uid: sys::geteuid(),
                     gid: sys::getegid(),
+                    umask: creator.umask,
                 };
                 (object.for_daemon(), daemon, daemon.gid)
             }
@@ -553,6 +583,18 @@ impl Strata {
             {
                 // chown cleared the set-id bits; the caller asked for them.
                 set_mode(work, &tmp, mode)?;
+            }
+            if let (Some(default), Some(mode)) = (&inherited, mode) {
+                // Made away from its parent: what the upper filesystem
+                // would have given it there.
+                let fd = sys::openat2(
+                    work,
+                    &tmp,
+                    libc::O_PATH | libc::O_NOFOLLOW,
+                    0,
+                    sys::RESOLVE_IN_LAYER,
+                )?;
+                acl::apply_inherited(fd.as_fd(), default, mode, is_dir)?;
             }
             // Like the kernel: a directory made where a lower one was
             // deleted, or anywhere lower layers are merged in, is opaque, so

@@ -63,6 +63,8 @@ pub struct FsConfig {
     /// Owner and mode records for layers that carry no mark of their own
     /// (`xattr_permissions=`).
     pub xattr_permissions: Option<Format>,
+    /// POSIX ACLs enforced and inherited (off with `noacl`).
+    pub acl: bool,
 }
 
 /// Default cache lifetime: layers only change through us, so the kernel's
@@ -95,6 +97,8 @@ pub struct Strata {
     passthrough_wanted: bool,
     /// FUSE passthrough negotiated and not refused so far.
     pub(crate) passthrough_on: AtomicBool,
+    acl_wanted: bool,
+    acl_on: AtomicBool,
     /// Tells the kernel about changes it cannot see coming (set once the
     /// session exists; see `daemon`).
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
@@ -168,6 +172,8 @@ impl Strata {
             is_root: sys::geteuid() == 0,
             passthrough_wanted: config.passthrough,
             passthrough_on: AtomicBool::new(false),
+            acl_wanted: config.acl,
+            acl_on: AtomicBool::new(false),
             notifier: Arc::default(),
         };
         fs.mark_upper();
@@ -200,6 +206,11 @@ impl Strata {
             attr.nlink = 1;
         }
         attr
+    }
+
+    /// Whether the kernel enforces ACLs, and new objects inherit them.
+    pub(crate) fn acl_on(&self) -> bool {
+        self.acl_on.load(Ordering::Relaxed)
     }
 
     pub(crate) fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
@@ -264,6 +275,12 @@ impl fuser::Filesystem for Strata {
         if let Err(unsupported) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {unsupported:?}");
         }
+        // The umask comes apart from the mode, for strata to apply only
+        // where no default ACL replaces it (see acl.rs).
+        let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        let acl = self.acl_wanted && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok();
+        self.acl_on.store(acl, Ordering::Relaxed);
+        info!("POSIX ACLs: {}", if acl { "on" } else { "off" });
         // Passthrough (kernel >= 6.9, CAP_SYS_ADMIN): the kernel reads and
         // writes upper files, and the files of a read-only mount, itself.
         // Layers on a plain filesystem: one level of stacking.
@@ -629,7 +646,7 @@ impl fuser::Filesystem for Strata {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -640,7 +657,7 @@ impl fuser::Filesystem for Strata {
             };
             self.reply_created(
                 reply,
-                self.create_object(parent, name, object, self.creator(req)),
+                self.create_object(parent, name, object, self.creator(req, umask)),
             );
         });
     }
@@ -651,14 +668,14 @@ impl fuser::Filesystem for Strata {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         contained(|| {
             let object = NewObject::Dir { mode };
             self.reply_created(
                 reply,
-                self.create_object(parent, name, object, self.creator(req)),
+                self.create_object(parent, name, object, self.creator(req, umask)),
             );
         });
     }
@@ -677,7 +694,7 @@ impl fuser::Filesystem for Strata {
             };
             self.reply_created(
                 reply,
-                self.create_object(parent, link_name, object, self.creator(req)),
+                self.create_object(parent, link_name, object, self.creator(req, 0)),
             );
         });
     }
@@ -702,13 +719,13 @@ impl fuser::Filesystem for Strata {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         contained(|| {
             let object = NewObject::File { mode, flags };
-            match self.create_object(parent, name, object, self.creator(req)) {
+            match self.create_object(parent, name, object, self.creator(req, umask)) {
                 Ok((node, Some(fd))) => {
                     let node = self.nodes.remember(node);
                     // Fresh attributes (before passthrough marks it written).
@@ -981,10 +998,11 @@ fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
 
 impl Strata {
     /// The owner of what `req` creates, in the layers' numbering.
-    fn creator(&self, req: &Request) -> Creator {
+    fn creator(&self, req: &Request, umask: u32) -> Creator {
         Creator {
             uid: self.idmap.stored_uid(req.uid()),
             gid: self.idmap.stored_gid(req.gid()),
+            umask,
         }
     }
 

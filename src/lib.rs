@@ -17,11 +17,13 @@
 //! | [`readdir`] | merged directory listings |
 //! | [`file`] | open file and directory handles |
 //! | [`xattr`] | visible vs internal extended attributes |
+//! | [`acl`] | POSIX ACLs: umask and default-ACL inheritance on create |
 //! | [`stat_override`] | owner and mode kept in xattrs (`xattr_permissions=`) |
 //! | [`fs`] | the `fuser::Filesystem` dispatcher |
 //! | [`daemon`] | mounting, detaching from the caller, clean shutdown |
 //! | [`sys`] | the only `unsafe`: thin syscall wrappers |
 
+pub mod acl;
 pub mod copy_up;
 pub mod daemon;
 pub mod dcache;

@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         Ok(Command::Mount(config)) => config,
         Err(e) => return fail(&e),
     };
+    let mut config = config;
+    options::drop_context_without_selinux(&mut config);
     let level = if config.debug { "debug" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     for warning in &config.warnings {

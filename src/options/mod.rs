@@ -79,7 +79,7 @@ mod tests_validate;
 mod validate;
 
 pub use parse::parse_args;
-pub use validate::validate;
+pub use validate::{drop_context_without_selinux, validate};
 
 // ---------------------------------------------------------------------------
 // Public types

@@ -37,6 +37,18 @@ use crate::sys;
 ///
 /// The first rule broken, as an [`OptionsError`] naming the directories
 /// as they were given, e.g. `upperdir '/l/u' is inside lowerdir '/l'`.
+/// Drops `context=` where SELinux is not enabled: the kernel would refuse
+/// the whole mount (EINVAL) over a label nothing could use. Callers such as
+/// podman pass one whenever their own configuration labels containers.
+pub fn drop_context_without_selinux(config: &mut Config) {
+    if config.context.is_some() && !Path::new("/sys/fs/selinux/enforce").exists() {
+        config.context = None;
+        config
+            .warnings
+            .push("context= ignored: SELinux is not enabled on this system".into());
+    }
+}
+
 pub fn validate(config: &Config) -> Result<(), OptionsError> {
     for lower in &config.lowerdirs {
         require_directory(Role::Lowerdir, lower)?;

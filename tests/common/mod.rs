@@ -382,7 +382,7 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 /// Processes (other than this one) having `arg` as one of their arguments.
-fn pids_with_arg(arg: &OsStr) -> Vec<u32> {
+pub fn pids_with_arg(arg: &OsStr) -> Vec<u32> {
     let me = std::process::id();
     let mut pids = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
@@ -414,7 +414,7 @@ fn pid_exited(pid: u32) -> bool {
     }
 }
 
-fn wait_pids_exit(pids: &[u32], timeout: Duration) -> bool {
+pub fn wait_pids_exit(pids: &[u32], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if pids.iter().all(|p| pid_exited(*p)) {

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fuser::FileType;
 use log::warn;
 
+use crate::dir::{oci_whiteout, xattr_refused};
 use crate::fs::Strata;
 use crate::inode::{LayerId, Node, NodeState, Origin};
-use crate::layer::{DirLayer, Layer, METACOPY_XATTRS, RelPath, Stat, is_absent, whiteout_name_for};
+use crate::layer::{DirLayer, Layer, METACOPY_XATTRS, RelPath, Stat, is_absent};
 use crate::sys;
 use crate::xattr;
 
@@ -66,14 +67,7 @@ impl Upper {
     /// rootless) a `.wh.NAME` file, as fuse-overlayfs does.
     pub fn make_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         match self.device_whiteout(dir, name) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::openat2(
-                dir,
-                &whiteout_name_for(name.to_bytes()),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                0,
-                sys::RESOLVE_IN_LAYER,
-            )
-            .map(drop),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => oci_whiteout(dir, name),
             other => other,
         }
     }
@@ -346,7 +340,7 @@ impl Strata {
         {
             return self.copy_up(node);
         }
-        let _serialised = node.copy_up_lock.lock();
+        let serialised = node.copy_up_lock.lock();
         let state = node.state().clone();
         if state.top().layer == UPPER {
             return Ok(()); // another request copied it up meanwhile
@@ -361,12 +355,20 @@ impl Strata {
         let data = state.data().clone();
         let layer = self.stack.get(src.layer);
         let pfd = upper.dir_fd(&parent)?;
-        self.place_new(pfd.as_fd(), &name_cstr(name), true, |tmp| {
+        let mut unmarkable = false;
+        let placed = self.place_new(pfd.as_fd(), &name_cstr(name), true, |tmp| {
             let out = upper.create_tmp_file(tmp)?;
             sys::ftruncate(out.as_fd(), state.stat.size)?;
             copy_metadata(layer, &src.path, &state.stat, out.as_fd())?;
-            set_metacopy(out.as_fd())
-        })?;
+            set_metacopy(out.as_fd()).inspect_err(|e| unmarkable = xattr_refused(e))
+        });
+        if unmarkable {
+            // Neither metacopy xattr can be stored here: a whole copy
+            // instead (the workdir kept nothing of the attempt).
+            drop(serialised);
+            return self.copy_up(node);
+        }
+        placed?;
         let mut upper_stat = upper.layer.stat(&state.path)?;
         self.inos.alias(upper_stat.dev, upper_stat.ino, node.ino);
         upper_stat.blocks = state.stat.blocks; // the data's, as the kernel shows
@@ -513,11 +515,10 @@ impl Strata {
 
 /// Marks a file metadata-only: `trusted.overlay.metacopy` like the kernel,
 /// or `user.overlay.metacopy` where trusted xattrs are refused (rootless).
+/// Fails as the user.* attempt did where both are refused.
 fn set_metacopy(fd: BorrowedFd<'_>) -> io::Result<()> {
     match sys::fsetxattr_any(fd, METACOPY_XATTRS[0], b"", 0) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => {
-            sys::fsetxattr_any(fd, METACOPY_XATTRS[1], b"", 0)
-        }
+        Err(e) if xattr_refused(&e) => sys::fsetxattr_any(fd, METACOPY_XATTRS[1], b"", 0),
         other => other,
     }
 }

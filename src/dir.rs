@@ -149,20 +149,69 @@ pub(crate) fn upper_entry(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Upper
     }
 }
 
-/// Marks directory `dir` opaque: `trusted.overlay.opaque=y` like the kernel,
-/// or a `.wh..wh..opq` entry where trusted xattrs are refused.
+/// Whether a failed setxattr means "not allowed here" (trusted.* without
+/// CAP_SYS_ADMIN in the initial namespace, user.* where the filesystem or
+/// the file refuses them), so the next encoding down is to be tried.
+pub(crate) fn xattr_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP))
+}
+
+/// Marks directory `dir` opaque: `trusted.overlay.opaque=y` like the kernel;
+/// where trusted xattrs are refused (rootless), `user.overlay.opaque=y`, as
+/// the kernel writes with `userxattr`; where user xattrs are refused too, a
+/// `.wh..wh..opq` entry.
 pub(crate) fn make_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
-    match sys::fsetxattr_any(dir, c"trusted.overlay.opaque", b"y", 0) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => sys::openat2(
-            dir,
-            &CString::new(OPAQUE_MARKER).expect("no NUL"),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0,
-            sys::RESOLVE_IN_LAYER,
-        )
-        .map(drop),
-        other => other,
+    for name in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
+        match sys::fsetxattr_any(dir, name, b"y", 0) {
+            Err(e) if xattr_refused(&e) => {}
+            other => return other,
+        }
     }
+    sys::openat2(
+        dir,
+        &CString::new(OPAQUE_MARKER).expect("no NUL"),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        0,
+        sys::RESOLVE_IN_LAYER,
+    )
+    .map(drop)
+}
+
+/// A `.wh.NAME` whiteout for `name` in `dir` (the OCI format, where 0/0
+/// devices cannot be made).
+pub(crate) fn oci_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    sys::openat2(
+        dir,
+        &whiteout_name_for(name.to_bytes()),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        0,
+        sys::RESOLVE_IN_LAYER,
+    )
+    .map(drop)
+}
+
+/// Rootless (no 0/0 devices): takes upper `name` in `dir`, which hides a
+/// lower one, out of the way with `remove` (unlink, or a rename away) and
+/// leaves a `.wh.NAME` whiteout. The whiteout goes first: next to `name`
+/// it means "recreated here", which shows what was there, so a failure
+/// or a crash between the two steps leaves the merged view as it was (on
+/// failure the whiteout is taken back), never with the lower object
+/// showing through.
+pub(crate) fn oci_whiteout_first(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    remove: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    let made = match oci_whiteout(dir, name) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false, // one is there
+        Err(e) => return Err(e),
+    };
+    remove().inspect_err(|_| {
+        if made {
+            let _ = sys::unlinkat(dir, &whiteout_name_for(name.to_bytes()), 0);
+        }
+    })
 }
 
 /// chmod of `name` in `dir` (never following a symlink).
@@ -853,9 +902,9 @@ impl Strata {
             let moved = match needs_whiteout.then(|| upper.device_whiteout(upper.work(), &tmp)) {
                 None => move_out(),
                 Some(Ok(())) => swap(),
-                // Rootless (no 0/0 devices): out, then a `.wh.` file.
+                // Rootless (no 0/0 devices): a `.wh.` file, then out.
                 Some(Err(e)) if e.raw_os_error() == Some(libc::EPERM) => {
-                    move_out().and_then(|()| upper.make_whiteout(pfd.as_fd(), &cname))
+                    oci_whiteout_first(pfd.as_fd(), &cname, move_out)
                 }
                 Some(Err(e)) => Err(e),
             };
@@ -870,10 +919,11 @@ impl Strata {
             let tmp = upper.tmp_name();
             match upper.device_whiteout(upper.work(), &tmp) {
                 Ok(()) => sys::renameat2(upper.work(), &tmp, pfd.as_fd(), &cname, 0),
-                // Rootless (no 0/0 devices): unlink, then a `.wh.` file.
+                // Rootless (no 0/0 devices): a `.wh.` file, then unlink.
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    sys::unlinkat(pfd.as_fd(), &cname, 0)
-                        .and_then(|()| upper.make_whiteout(pfd.as_fd(), &cname))
+                    oci_whiteout_first(pfd.as_fd(), &cname, || {
+                        sys::unlinkat(pfd.as_fd(), &cname, 0)
+                    })
                 }
                 Err(e) => Err(e),
             }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use fuser::FileType;
 
 use crate::copy_up::{UPPER, keeping_times};
+use crate::dir::xattr_refused;
 use crate::fs::Strata;
 use crate::inode::{InoMap, LayerId, Node, NodeState, Origin};
 use crate::layer::{DirLayer, Layer, RelPath, is_absent};
@@ -323,7 +324,13 @@ impl Strata {
         let key_c = CString::new(key.as_bytes()).expect("hex");
         let name_c = CString::new(name.as_bytes()).expect("no NUL");
         sys::linkat(dfd.as_fd(), &name_c, index.layer.root_fd(), &key_c)?;
-        index.set_bias(&key, -1)?;
+        if let Err(e) = index.set_bias(&key, -1) {
+            // Without its bias the entry would count as a name: take it
+            // back. Where no xattr can be stored at all, the link is made
+            // without an entry (a plain upper hard link).
+            sys::unlinkat(index.layer.root_fd(), &key_c, 0)?;
+            return if xattr_refused(&e) { Ok(()) } else { Err(e) };
+        }
         node.update(|s| s.nlink_bias = -1);
         Ok(())
     }

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use fuser::{Errno, FileType, INodeNo};
 
 use crate::copy_up::{UPPER, remove_tree};
-use crate::dir::{UpperEntry, check_name, cstr, make_opaque, upper_entry};
+use crate::dir::{
+    UpperEntry, check_name, cstr, make_opaque, oci_whiteout_first, upper_entry, xattr_refused,
+};
 use crate::fs::{Strata, errno};
 use crate::inode::Node;
-use crate::layer::{RelPath, whiteout_name_for};
+use crate::layer::{REDIRECT_XATTRS, RelPath, whiteout_name_for};
 use crate::readdir::merged_listing;
 use crate::sys;
 
@@ -64,13 +66,16 @@ impl Strata {
         }
         let upper = self.upper_or_erofs()?;
         let fd = upper.layer.dir_fd(&state.path)?;
-        match sys::fsetxattr_any(fd.as_fd(), c"trusted.overlay.redirect", &value, 0) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => {
-                sys::fsetxattr_any(fd.as_fd(), c"user.overlay.redirect", &value, 0)?
+        // trusted.* like the kernel, user.* where that is refused (rootless);
+        // where both are, EXDEV, as the kernel answers when it cannot store
+        // a redirect (and `mv` copies instead).
+        for name in REDIRECT_XATTRS {
+            match sys::fsetxattr_any(fd.as_fd(), name, &value, 0) {
+                Err(e) if xattr_refused(&e) => {}
+                other => return other.map(|()| true),
             }
-            other => other?,
         }
-        Ok(true)
+        Err(io::Error::from_raw_os_error(libc::EXDEV))
     }
 
     /// `rename` and `renameat2` with RENAME_NOREPLACE or RENAME_EXCHANGE.
@@ -235,7 +240,16 @@ impl Strata {
                         libc::RENAME_WHITEOUT,
                     ) {
                         Ok(()) => return Ok(()),
-                        // Rootless, or a filesystem without it: two steps.
+                        // Rootless (no 0/0 devices): for a non-directory, a
+                        // `.wh.` file first, so no step shows the lower one.
+                        Err(e) if e.raw_os_error() == Some(libc::EPERM) && !src_is_dir => {
+                            return oci_whiteout_first(pfd.as_fd(), &cname, || {
+                                sys::renameat2(pfd.as_fd(), &cname, npfd.as_fd(), &cnew, 0)
+                            });
+                        }
+                        // A filesystem without it, or a directory (whose
+                        // lower content a `.wh.` next to it would hide in
+                        // between): two steps, the whiteout second.
                         Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) => {
                             sys::renameat2(pfd.as_fd(), &cname, npfd.as_fd(), &cnew, 0)?
                         }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tempfile::TempDir;
 
 pub mod ops;
+pub mod rootless;
 pub mod shell;
 pub mod upper;
 #[allow(unused_imports)] // not every test binary uses them

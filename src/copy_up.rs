@@ -535,7 +535,8 @@ pub(crate) fn keeping_times(
     sys::futimens_any(dir, Some(Some(before.atime)), Some(Some(before.mtime)))
 }
 
-fn open_path_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+/// An O_PATH fd of `name` in `dir`, never following a symlink.
+pub(crate) fn open_path_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     sys::openat2(
         dir,
         name,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use fuser::{Errno, FileType, INodeNo};
 
 use crate::acl;
-use crate::copy_up::{UPPER, Upper, keeping_times, remove_tree};
+use crate::copy_up::{UPPER, Upper, keeping_times, open_path_in, remove_tree};
 use crate::dcache::Dentry;
 use crate::fs::{Strata, errno};
 use crate::inode::{Node, NodeState, Origin};
@@ -216,14 +216,7 @@ pub(crate) fn oci_whiteout_first(
 
 /// chmod of `name` in `dir` (never following a symlink).
 fn set_mode(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    let fd = sys::openat2(
-        dir,
-        name,
-        libc::O_PATH | libc::O_NOFOLLOW,
-        0,
-        sys::RESOLVE_IN_LAYER,
-    )?;
-    sys::fchmod_any(fd.as_fd(), mode & 0o7777)
+    sys::fchmod_any(open_path_in(dir, name)?.as_fd(), mode & 0o7777)
 }
 
 fn open_dir_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
@@ -636,13 +629,7 @@ impl Strata {
             if let (Some(default), Some(mode)) = (&inherited, mode) {
                 // Made away from its parent: what the upper filesystem
                 // would have given it there.
-                let fd = sys::openat2(
-                    work,
-                    &tmp,
-                    libc::O_PATH | libc::O_NOFOLLOW,
-                    0,
-                    sys::RESOLVE_IN_LAYER,
-                )?;
+                let fd = open_path_in(work, &tmp)?;
                 acl::apply_inherited(fd.as_fd(), default, mode, is_dir)?;
             }
             // Like the kernel: a directory made where a lower one was

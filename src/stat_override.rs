@@ -28,7 +28,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use fuser::{FileAttr, FileType};
 
-use crate::copy_up::UPPER;
+use crate::copy_up::{UPPER, open_path_in};
 use crate::fs::Strata;
 use crate::inode::{LayerId, Node};
 use crate::layer::{Layer, RelPath};
@@ -342,13 +342,7 @@ impl Strata {
         name: &CStr,
         (format, record): (Format, Override),
     ) -> io::Result<()> {
-        let fd = sys::openat2(
-            dir,
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-            sys::RESOLVE_IN_LAYER,
-        )?;
+        let fd = open_path_in(dir, name)?;
         sys::fsetxattr_any(fd.as_fd(), format.name(), &record.encode(), 0)
     }
 

@@ -226,7 +226,8 @@ impl Strata {
 
     fn open_dir(&self, node: &Node) -> io::Result<OpenDir> {
         let state = self.dir_state(node);
-        let entries = merged_listing(&self.stack, &self.inos, &state)?;
+        let mut entries = merged_listing(&self.stack, &self.inos, &state)?;
+        self.show_stand_ins(&state, &mut entries);
         Ok(OpenDir {
             ino: node.ino,
             parent_ino: node.parent(),

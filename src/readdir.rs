@@ -22,6 +22,8 @@ pub struct MergedEntry {
     /// The inode number `stat` shows for this entry.
     pub ino: u64,
     pub kind: FileType,
+    /// Which of the directory's origins it comes from.
+    pub origin: usize,
 }
 
 /// Union of the directory's layers, upper entries winning, whiteouts and
@@ -33,7 +35,7 @@ pub fn merged_listing(
 ) -> io::Result<Vec<MergedEntry>> {
     let mut taken: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
-    for origin in &dir.origins {
+    for (index, origin) in dir.origins.iter().enumerate() {
         let layer = stack.get(origin.layer);
         let listing = match layer.list(&origin.path) {
             Ok(listing) => listing,
@@ -60,6 +62,7 @@ pub fn merged_listing(
                 ino: inos.ino(dev, entry.ino),
                 name: entry.name,
                 kind: entry.kind,
+                origin: index,
             });
         }
         // A layer's whiteouts hide the layers below it, not its own entries.

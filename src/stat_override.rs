@@ -30,9 +30,10 @@ use fuser::{FileAttr, FileType};
 
 use crate::copy_up::{UPPER, open_path_in};
 use crate::fs::Strata;
-use crate::inode::{LayerId, Node};
+use crate::inode::{LayerId, Node, NodeState};
 use crate::layer::{Layer, RelPath};
 use crate::lookup::LayerStack;
+use crate::readdir::MergedEntry;
 use crate::sys;
 use crate::xattr;
 
@@ -344,6 +345,28 @@ impl Strata {
     ) -> io::Result<()> {
         let fd = open_path_in(dir, name)?;
         sys::fsetxattr_any(fd.as_fd(), format.name(), &record.encode(), 0)
+    }
+
+    /// Gives the regular files of a listing that stand in for other objects
+    /// (a record with a type) the type stat shows for them.
+    pub(crate) fn show_stand_ins(&self, dir: &NodeState, entries: &mut [MergedEntry]) {
+        for entry in entries
+            .iter_mut()
+            .filter(|e| e.kind == FileType::RegularFile)
+        {
+            let origin = &dir.origins[entry.origin];
+            let Some(format) = self.record_format(origin.layer) else {
+                continue;
+            };
+            let path = origin.path.join(&entry.name);
+            if let Ok(Some(Override {
+                stand_in: Some(s), ..
+            })) = read(self.stack.get(origin.layer), &path, format)
+                && s.kind != FileType::Directory
+            {
+                entry.kind = s.kind;
+            }
+        }
     }
 
     /// The name an xattr of `layer` is kept under: `security.*` names are

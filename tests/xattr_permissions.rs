@@ -285,6 +285,11 @@ fn records_in_every_form_are_read_from_lower_layers() {
         m.path(),
         &["stat -c '%n %u:%g %a %F %t:%T' a b c d dev bad none"],
     );
+    // readdir agrees with stat on what a stand-in is.
+    let listed = read_dir_raw(m.path()).unwrap();
+    let d_type = |name: &str| listed.iter().find(|e| e.name == name).map(|e| e.d_type);
+    assert_eq!(d_type("dev"), Some(libc::DT_CHR), "{listed:?}");
+    assert_eq!(d_type("b"), Some(libc::DT_REG), "{listed:?}");
     m.unmount().unwrap();
     let stat = |name: &str| fs::metadata(lower.join(name)).unwrap();
     let expected = format!(
@@ -386,4 +391,45 @@ fn reads_the_records_fuse_overlayfs_wrote() {
         assert!(d.is_empty(), "{option}:\n{}", d.join("\n"));
         assert_eq!(shown["/open/d"].split(' ').nth(1), Some("5:6"), "{option}");
     }
+}
+
+/// A stand-in is listed with the type stat shows, also where the kernel
+/// pages through a large directory with plain READDIR (it switches from
+/// readdirplus after the first batch when nothing is looked up).
+#[test]
+fn stand_ins_are_listed_as_what_they_stand_in_for() {
+    let base = common::tempdir();
+    let lower = base.path().join("lower");
+    fs::create_dir(&lower).unwrap();
+    let set = |path: &Path, value: &str| {
+        let o = run_with_timeout(
+            std::process::Command::new("setfattr")
+                .args(["-n", CONTAINERS, "-v", value])
+                .arg(path),
+            std::time::Duration::from_secs(10),
+        );
+        assert!(o.success(), "{o}");
+    };
+    set(&lower, "0:0:0755");
+    for i in 0..300 {
+        let p = lower.join(format!("node-{i:03}"));
+        fs::write(&p, "").unwrap();
+        set(&p, "0:0:0666:char-1-3");
+    }
+    let m = StrataMount::mount(&MountSpec::new(vec![lower]));
+    let mut dir = RawDir::open(m.path()).unwrap();
+    let listed = dir.read_rest(512).unwrap();
+    drop(dir);
+    m.unmount().unwrap();
+    let nodes: Vec<_> = listed
+        .iter()
+        .filter(|e| e.name != "." && e.name != "..")
+        .collect();
+    assert_eq!(nodes.len(), 300);
+    let wrong: Vec<_> = nodes.iter().filter(|e| e.d_type != libc::DT_CHR).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of 300 not DT_CHR: {wrong:?}",
+        wrong.len()
+    );
 }

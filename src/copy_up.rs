@@ -43,17 +43,40 @@ pub struct Upper {
     /// The workdir, with the same relative-access rules as a layer.
     work_layer: DirLayer,
     next_tmp: AtomicU64,
+    /// Locks on the upper and work directories, held for the daemon's life.
+    _in_use: [OwnedFd; 2],
 }
 
 impl Upper {
-    /// Opens the workdir and removes what an earlier run left in it.
+    /// Opens the workdir and removes what an earlier run left in it. Like
+    /// the kernel, refuses (EBUSY) an upper or workdir another mount uses:
+    /// two writers would break each other's copy-ups and whiteouts.
     pub fn open(layer: Arc<DirLayer>, workdir: &Path) -> io::Result<Upper> {
         let c = CString::new(workdir.as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let work_layer = DirLayer::from_fd(sys::open_dir_path(&c)?)?;
+        let lock = |dir: BorrowedFd<'_>, what: &str, path: &Path| -> io::Result<OwnedFd> {
+            let fd = sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            match sys::try_lock_exclusive(fd.as_fd()) {
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "{what} '{}' is in use by another mount (EBUSY)",
+                        path.display()
+                    ),
+                )),
+                other => other.map(|()| fd),
+            }
+        };
+        let in_use = [
+            lock(layer.root_fd(), "upperdir", layer.source())?,
+            lock(work_layer.root_fd(), "workdir", workdir)?,
+        ];
         let upper = Upper {
             layer,
-            work_layer: DirLayer::from_fd(sys::open_dir_path(&c)?)?,
+            work_layer,
             next_tmp: AtomicU64::new(0),
+            _in_use: in_use,
         };
         upper.clean_workdir()?;
         if let Err(e) = upper.renew_shared_whiteout() {

@@ -5,7 +5,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::RawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::thread;
 
 use fuser::MountOption;
@@ -134,10 +134,15 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
             sys::Forked::Child => sys::detach_from_caller(&inherited)?,
         }
     }
+    // Still a single thread: the moment to leave the caller's namespace.
+    let home = match on_signal {
+        OnSignal::Unmount(_) => leave_mount_namespace(),
+        OnSignal::Exit => None,
+    };
     let unmounter = session.unmount_callable();
     thread::Builder::new()
         .name("strata-signals".into())
-        .spawn(move || handle_signals(on_signal, unmounter))?;
+        .spawn(move || handle_signals(on_signal, unmounter, home))?;
     session.run()?;
     info!("unmounted; exiting");
     Ok(())
@@ -153,15 +158,110 @@ enum OnSignal {
     Exit,
 }
 
-/// The signal thread: waits for SIGTERM, SIGINT or SIGHUP and ends the mount.
-fn handle_signals(on_signal: OnSignal, mut unmounter: fuser::SessionUnmounter) {
+/// The daemon keeps no mount alive by being somewhere: it moves to a
+/// private copy of the caller's mount namespace and detaches every mount of
+/// that copy but `/`, `/proc` and `/dev` (it works through fds taken
+/// before). So
+/// its mount ends, and the daemon with it, when the caller's namespace ends
+/// without an unmount (a container that exits), and no other filesystem
+/// stays mounted in the daemon's copy after its owner unmounted it (another
+/// FUSE daemon would wait for that copy). Returns which namespace was the
+/// caller's, to unmount there on a signal. Needs CAP_SYS_ADMIN: a daemon
+/// without it (mounting through fusermount3) stays where it is.
+fn leave_mount_namespace() -> Option<(u64, u64)> {
+    let home = match sys::leave_mount_namespace() {
+        Ok(fd) => fd,
+        Err(e) => {
+            info!("staying in the caller's mount namespace: {e}");
+            return None;
+        }
+    };
+    let mut points = mount_points().unwrap_or_default();
+    // Parents first: detaching one takes its children along.
+    points.sort_by_key(|p| p.as_bytes().len());
+    for point in points {
+        let bytes = point.as_bytes();
+        // Kept: /proc for fd paths, /dev for the workers' clones of /dev/fuse.
+        if [&b"/"[..], b"/proc", b"/dev"].contains(&bytes) || bytes.starts_with(b"/proc/") {
+            continue;
+        }
+        if let Ok(c) = CString::new(bytes) {
+            let _ = sys::umount_lazy(&c); // gone already with its parent
+        }
+    }
+    Some(home)
+}
+
+/// An fd of the mount namespace `(dev, ino)`, through a process that is
+/// still in it. None: nobody is, and the mount went with it.
+fn namespace_fd((dev, ino): (u64, u64)) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let ns = entry.path().join("ns/mnt");
+            let md = std::fs::metadata(&ns).ok()?;
+            ((md.dev(), md.ino()) == (dev, ino))
+                .then(|| std::fs::File::open(&ns).ok())
+                .flatten()
+        })
+}
+
+/// The mount points of this mount namespace (`/proc/self/mountinfo`'s fifth
+/// field, its octal escapes undone).
+fn mount_points() -> io::Result<Vec<std::ffi::OsString>> {
+    let text = std::fs::read("/proc/self/mountinfo")?;
+    Ok(text
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|field| {
+            let mut out = Vec::with_capacity(field.len());
+            let mut i = 0;
+            while i < field.len() {
+                let octal = field.get(i + 1..i + 4).and_then(|d| {
+                    std::str::from_utf8(d)
+                        .ok()
+                        .and_then(|d| u8::from_str_radix(d, 8).ok())
+                });
+                match (field[i], octal) {
+                    (b'\\', Some(byte)) => {
+                        out.push(byte);
+                        i += 4;
+                    }
+                    (byte, _) => {
+                        out.push(byte);
+                        i += 1;
+                    }
+                }
+            }
+            std::ffi::OsString::from_vec(out)
+        })
+        .collect())
+}
+
+/// The signal thread: waits for SIGTERM, SIGINT or SIGHUP and ends the mount
+/// (in the caller's namespace `home`, when the daemon left it).
+fn handle_signals(
+    on_signal: OnSignal,
+    mut unmounter: fuser::SessionUnmounter,
+    home: Option<(u64, u64)>,
+) {
     let sig = sys::wait_for_termination();
     let OnSignal::Unmount(mountpoint) = on_signal else {
         info!("signal {sig}: exiting (the caller owns the mount)");
         sys::exit_immediately(0);
     };
     info!("signal {sig}: unmounting");
-    if let Err(e) = unmounter.unmount() {
+    if let Some(home) = home.and_then(namespace_fd) {
+        use std::os::fd::AsFd;
+        if let Err(e) = sys::umount_in_namespace(home.as_fd(), &mountpoint, 0) {
+            info!("unmount on signal {sig}: {e}; detaching it");
+            if let Err(e) = sys::umount_in_namespace(home.as_fd(), &mountpoint, libc::MNT_DETACH) {
+                log::warn!("could not detach the mount on signal {sig}: {e}");
+            }
+        }
+    } else if let Err(e) = unmounter.unmount() {
         // Busy: detach it as libfuse does; it goes away, and the
         // session ends, once the last process using it lets go.
         info!("unmount on signal {sig}: {e}; detaching it");

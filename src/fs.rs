@@ -120,7 +120,10 @@ impl Strata {
             Ok(Arc::new(DirLayer::open(p).map_err(|e| layer_error(p, e))?))
         };
         let upper = match (&config.upperdir, &config.workdir) {
-            (Some(u), Some(w)) => Some(Upper::open(open(u)?, w).map_err(|e| layer_error(w, e))?),
+            (Some(u), Some(w)) => Some(Upper::open(open(u)?, w).map_err(|e| match e.kind() {
+                io::ErrorKind::ResourceBusy => e, // names the directory itself
+                _ => layer_error(w, e),
+            })?),
             _ => None,
         };
         let lowers = config

@@ -354,6 +354,60 @@ pub fn umount_lazy(path: &CStr) -> io::Result<()> {
     check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(drop)
 }
 
+/// Moves the calling process, which must have a single thread, into a
+/// private copy of its mount namespace (no propagation back); returns the
+/// (device, inode) of the namespace it left. (Not an fd: that would keep
+/// the namespace alive.)
+pub fn leave_mount_namespace() -> io::Result<(u64, u64)> {
+    let home = std::fs::metadata("/proc/self/ns/mnt")?;
+    // SAFETY: unshare takes flags only; a single-threaded caller (checked by
+    // the kernel too) may change its own namespace.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+    // SAFETY: null source/type/data are allowed for a propagation change;
+    // the target is a NUL-terminated literal.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })?;
+    use std::os::unix::fs::MetadataExt;
+    Ok((home.dev(), home.ino()))
+}
+
+/// `umount2(path, flags)` in the mount namespace `ns`, from a forked child
+/// (a thread of a multithreaded process cannot join a mount namespace).
+pub fn umount_in_namespace(ns: BorrowedFd<'_>, path: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: the child only makes raw syscalls (setns, umount2, _exit),
+    // which are async-signal-safe, so no lock of another thread matters.
+    let pid = check(unsafe { libc::fork() })?;
+    if pid == 0 {
+        // SAFETY: `ns` is an open namespace fd; `path` is NUL-terminated.
+        let code = unsafe {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) != 0
+                || libc::umount2(path.as_ptr(), flags) != 0
+            {
+                *libc::__errno_location()
+            } else {
+                0
+            }
+        };
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer; `pid` is our child.
+    check(unsafe { libc::waitpid(pid, &mut status, 0) })?;
+    match libc::WEXITSTATUS(status) {
+        0 if libc::WIFEXITED(status) => Ok(()),
+        errno if libc::WIFEXITED(status) => Err(io::Error::from_raw_os_error(errno)),
+        _ => Err(io::Error::other("the unmount helper was killed")),
+    }
+}
+
 fn termination_signals() -> libc::sigset_t {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set it is given; sigaddset takes valid signals.
@@ -583,6 +637,12 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Re
 
 /// Opens the object behind `fd` (an O_PATH fd included) anew with `flags`,
 /// through its `/proc/self/fd` name: the way to a file that has no name left.
+/// `flock(fd, LOCK_EX | LOCK_NB)`: EWOULDBLOCK while another holds it.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: flock takes an fd and flags only.
+    check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
+}
+
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let path = proc_fd_path(fd);
     // SAFETY: `path` is NUL-terminated; the returned fd is checked before use.

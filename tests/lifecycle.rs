@@ -195,6 +195,128 @@ fn exits_when_unmounted() {
     }
 }
 
+/// A mount made in a mount namespace that then ends without unmounting (a
+/// container's, say) ends its daemon: the daemon does not keep that
+/// namespace, or the mount, alive by living in it.
+#[test]
+fn exits_when_its_mount_namespace_goes_away() {
+    let tree = Tree::new();
+    let script = format!(
+        "{} -o lowerdir={} {} && cat {}/d/f",
+        env!("CARGO_BIN_EXE_strata"),
+        tree.dir.path().join("lower").display(),
+        tree.mnt().display(),
+        tree.mnt().display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        out.stdout, b"f\n",
+        "the mount did not serve in its namespace"
+    );
+    wait_until("the daemon exits with its namespace", || {
+        tree.daemon().is_none_or(|p| !alive(p))
+    });
+}
+
+/// A daemon holds no copy of other mounts: one made before it is unmounted
+/// as usual while it serves on, and that mount's daemon exits.
+#[test]
+fn holds_no_copy_of_other_mounts() {
+    let (first, second) = (Tree::new(), Tree::new());
+    let first_pid = first.mount();
+    let second_pid = second.mount();
+    let status = Command::new("umount").arg(first.mnt()).status().unwrap();
+    assert!(status.success());
+    wait_until("the first daemon exits while the second serves", || {
+        !alive(first_pid)
+    });
+    assert!(alive(second_pid));
+    assert_eq!(fs::read(second.mnt().join("d/f")).unwrap(), b"f\n");
+}
+
+/// Like kernel overlayfs with `index=on`: an upperdir or workdir that a
+/// live mount uses is refused (EBUSY) to a second one, with one line on
+/// stderr, and is free again once the first daemon is gone, however it went.
+#[test]
+fn a_second_writer_on_the_same_upper_is_refused() {
+    let tree = Tree::new();
+    let dir = tree.dir.path();
+    for d in ["u", "w", "u2", "w2", "m2", "k1", "k2"] {
+        fs::create_dir(dir.join(d)).unwrap();
+    }
+    let lower = dir.join("lower");
+    let opts = |u: &str, w: &str| {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            dir.join(u).display(),
+            dir.join(w).display()
+        )
+    };
+    let strata = |options: &str, mnt: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["-o", options])
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The reference: the kernel refuses the second mount.
+    let kernel = |mnt: &str, w: &str| {
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(opts("u", w) + ",index=on")
+            .arg(dir.join(mnt))
+            .output()
+            .unwrap()
+    };
+    assert!(kernel("k1", "w").status.success());
+    let second = kernel("k2", "w2");
+    let _ = Command::new("umount").arg(dir.join("k2")).status();
+    assert!(
+        Command::new("umount")
+            .arg(dir.join("k1"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(!second.status.success(), "the kernel took a second writer");
+
+    let first = strata(&opts("u", "w"), &tree.mnt());
+    assert!(first.status.success(), "{first:?}");
+    let pid = tree.daemon().expect("no daemon");
+    let m2 = dir.join("m2");
+    for ((u, w), busy) in [(("u", "w2"), "upperdir 'U'"), (("u2", "w"), "workdir 'W'")] {
+        let busy = busy
+            .replace('U', &dir.join(u).display().to_string())
+            .replace('W', &dir.join(w).display().to_string());
+        let out = strata(&opts(u, w), &m2);
+        assert!(!out.status.success(), "a second writer on {u}/{w} mounted");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            format!("strata: {busy} is in use by another mount (EBUSY)")
+        );
+        let mounts = fs::read_to_string("/proc/mounts").unwrap();
+        assert!(
+            !mounts.contains(m2.to_str().unwrap()),
+            "something got mounted"
+        );
+    }
+    assert_eq!(fs::read(tree.mnt().join("d/f")).unwrap(), b"f\n");
+    // Killed, not unmounted: the kernel drops the lock with the process.
+    kill(pid, libc::SIGKILL);
+    wait_until("the killed daemon is gone", || !alive(pid));
+    let _ = Command::new("umount").arg("-l").arg(tree.mnt()).status();
+    let again = strata(&opts("u", "w"), &m2);
+    assert!(again.status.success(), "{again:?}");
+    let _ = Command::new("umount").arg(&m2).status();
+}
+
 /// SIGTERM, SIGINT and SIGHUP unmount and end the daemon.
 #[test]
 fn signals_unmount() {

@@ -80,6 +80,13 @@ mount --bind "$dir/fuse" /dev/fuse
 rm "$dir/fuse"
 exec setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@""#;
 
+/// Makes at `path` a /dev/fuse node (char 10:229) everyone may open, for a
+/// private mount namespace to bind over the host's (which may be 0600).
+pub fn world_fuse_node(path: &Path) {
+    mknod_chr(path, 10, 229).expect("mknod a /dev/fuse node");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).unwrap();
+}
+
 /// Runs test `name` of this binary again in `context` (its child part),
 /// with `dir` handed over, and returns what it did. `dir` must be
 /// reachable and, for a user, writable by that user.
@@ -92,9 +99,7 @@ pub fn run_child(name: &str, context: Context, refuse: Refuse, dir: &Path) -> Cm
         }
         Context::User { uid, gid } => {
             // Made here: a `Refuse::WhiteoutDevices` child could not.
-            let node = dir.join("fuse");
-            mknod_chr(&node, 10, 229).expect("mknod a /dev/fuse node");
-            fs::set_permissions(&node, fs::Permissions::from_mode(0o666)).unwrap();
+            world_fuse_node(&dir.join("fuse"));
             cmd.args(["--mount", "--propagation", "private", "--"])
                 .args(["sh", "-c", BECOME_USER, "sh"])
                 .arg(dir)

@@ -1,6 +1,7 @@
 //! Mounting and the daemon's life: mount, hand control back to the caller
 //! once the mount is live, serve until the mount goes away, and unmount
-//! cleanly on SIGTERM, SIGINT or SIGHUP.
+//! cleanly on SIGTERM, SIGINT or SIGHUP; SIGUSR1 drops every cache (see
+//! [`crate::refresh`]).
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -14,6 +15,7 @@ use log::info;
 use crate::fs::{DEFAULT_TIMEOUT, FsConfig, Strata};
 use crate::idmap::IdMap;
 use crate::options::Config;
+use crate::refresh::Refresher;
 use crate::stat_override::Format;
 use crate::sys;
 
@@ -89,6 +91,7 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
         acl: !config.noacl,
     })?;
     let notifier = fs.notifier.clone();
+    let refresher = fs.refresher();
     // How a termination signal ends the daemon; taken before it moves to /.
     let on_signal = match config.fuse_fd {
         Some(_) => OnSignal::Exit,
@@ -108,7 +111,7 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
     sys::clear_umask();
     // Before any thread exists, so every thread inherits the mask and only
     // the signal thread below receives these signals.
-    sys::block_termination_signals()?;
+    sys::block_daemon_signals()?;
     let mut session = match config.fuse_fd {
         Some(fd) => serve_fd(fs, config, fd)?,
         None => {
@@ -142,7 +145,7 @@ pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
     let unmounter = session.unmount_callable();
     thread::Builder::new()
         .name("strata-signals".into())
-        .spawn(move || handle_signals(on_signal, unmounter, home))?;
+        .spawn(move || handle_signals(on_signal, unmounter, home, refresher))?;
     session.run()?;
     info!("unmounted; exiting");
     Ok(())
@@ -240,14 +243,28 @@ fn mount_points() -> io::Result<Vec<std::ffi::OsString>> {
         .collect())
 }
 
+/// A termination signal; SIGUSR1s meanwhile refresh the caches.
+fn wait_for_termination(refresher: &Refresher) -> i32 {
+    loop {
+        match sys::wait_for_signal() {
+            libc::SIGUSR1 => {
+                info!("SIGUSR1: dropping every cache of the layers");
+                refresher.refresh();
+            }
+            sig => return sig,
+        }
+    }
+}
+
 /// The signal thread: waits for SIGTERM, SIGINT or SIGHUP and ends the mount
 /// (in the caller's namespace `home`, when the daemon left it).
 fn handle_signals(
     on_signal: OnSignal,
     mut unmounter: fuser::SessionUnmounter,
     home: Option<(u64, u64)>,
+    refresher: Refresher,
 ) {
-    let sig = sys::wait_for_termination();
+    let sig = wait_for_termination(&refresher);
     let OnSignal::Unmount(mountpoint) = on_signal else {
         info!("signal {sig}: exiting (the caller owns the mount)");
         sys::exit_immediately(0);
@@ -269,7 +286,7 @@ fn handle_signals(
             log::warn!("could not detach the mount on signal {sig}: {e}");
         }
     }
-    let sig = sys::wait_for_termination();
+    let sig = wait_for_termination(&refresher);
     info!("signal {sig} again: exiting now");
     sys::exit_immediately(0);
 }

@@ -73,6 +73,17 @@ impl DentryCache {
     }
 
     /// Drops everything (an explicit refresh after layers changed underneath).
+    /// Empties the cache, returning the (parent, name) of every entry.
+    pub fn drain_names(&self) -> Vec<(u64, OsString)> {
+        let mut names = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            names.extend(shard.iter().map(|(key, _)| key.clone()));
+            shard.clear();
+        }
+        names
+    }
+
     pub fn clear(&self) {
         for shard in self.shards.iter() {
             shard.lock().clear();

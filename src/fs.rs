@@ -73,13 +73,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug)]
 pub struct Strata {
-    pub(crate) stack: LayerStack,
+    pub(crate) stack: Arc<LayerStack>,
     pub(crate) upper: Option<Upper>,
     /// Hard links kept through copy-up (with an upper only).
     pub(crate) index: Option<Index>,
     pub(crate) inos: InoMap,
-    pub(crate) nodes: InodeTable,
-    pub(crate) dcache: DentryCache,
+    pub(crate) nodes: Arc<InodeTable>,
+    pub(crate) dcache: Arc<DentryCache>,
     pub(crate) files: HandleTable<OpenFile>,
     pub(crate) dirs: HandleTable<OpenDir>,
     pub(crate) ttl: Duration,
@@ -152,16 +152,16 @@ impl Strata {
         };
         let records =
             stat_override::layer_formats(&stack, upper.is_some(), config.xattr_permissions);
-        let nodes = InodeTable::default();
+        let nodes = Arc::new(InodeTable::default());
         let root = stack.root_state()?;
         nodes.pin(Arc::new(Node::new(ROOT_INO, ROOT_INO, root)));
         let fs = Strata {
-            stack,
+            stack: Arc::new(stack),
             upper,
             index,
             inos,
             nodes,
-            dcache: DentryCache::new(config.dcache_entries),
+            dcache: Arc::new(DentryCache::new(config.dcache_entries)),
             files: HandleTable::default(),
             dirs: HandleTable::default(),
             ttl: config.timeout,

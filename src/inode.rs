@@ -255,6 +255,16 @@ impl Node {
             .retain(|(p, n)| !(*p == parent && n == name));
     }
 
+    /// The names the kernel may know the node by: the last component of its
+    /// path under its parent, and its other links.
+    pub fn known_names(&self) -> Vec<(u64, OsString)> {
+        let mut names = self.names.lock().clone();
+        if let Some((_, last)) = self.state().path.split_last() {
+            names.push((self.parent(), last.to_os_string()));
+        }
+        names
+    }
+
     /// One known name of the node, if any.
     pub fn first_name(&self) -> Option<(u64, OsString)> {
         self.names.lock().first().cloned()
@@ -310,6 +320,14 @@ pub struct InodeTable {
 impl InodeTable {
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
         self.nodes.get(&ino).map(|n| n.clone())
+    }
+
+    /// Every node the kernel holds.
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect()
     }
 
     /// Inserts a node the kernel may reference without a lookup (the root).

@@ -295,6 +295,9 @@ pub trait Layer: Send + Sync + fmt::Debug {
     fn list_xattr(&self, path: &RelPath) -> io::Result<Vec<u8>>;
     /// Filesystem statistics of the layer's filesystem.
     fn statfs(&self) -> io::Result<libc::statvfs>;
+    /// Drops what the layer caches of its own contents (the layer changed
+    /// under the mount).
+    fn forget_cached(&self) {}
 }
 
 /// A layer backed by a directory, held open as an fd from before the mount.
@@ -537,6 +540,12 @@ impl Layer for DirLayer {
 
     fn statfs(&self) -> io::Result<libc::statvfs> {
         sys::fstatvfs(self.root.as_fd())
+    }
+
+    fn forget_cached(&self) {
+        if let Some(dirs) = &self.dirs {
+            dirs.lock().clear();
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! | [`dir`] | namespace changes: create, link, unlink, rmdir; whiteouts, opaque dirs |
 //! | [`rename`] | rename and renameat2; redirects for moved directories |
 //! | [`readdir`] | merged directory listings |
+//! | [`refresh`] | dropping every cache when layers changed under the mount (SIGUSR1) |
 //! | [`file`] | open file and directory handles |
 //! | [`xattr`] | visible vs internal extended attributes |
 //! | [`acl`] | POSIX ACLs: umask and default-ACL inheritance on create |
@@ -37,6 +38,7 @@ pub mod layer;
 pub mod lookup;
 pub mod options;
 pub mod readdir;
+pub mod refresh;
 pub mod rename;
 pub mod stat_override;
 pub mod sys;

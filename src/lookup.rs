@@ -70,6 +70,11 @@ impl LayerStack {
         self.has_upper
     }
 
+    /// Every layer, hidden ones (the index) included.
+    pub fn all(&self) -> impl Iterator<Item = &dyn Layer> {
+        self.layers.iter().map(|l| l.as_ref())
+    }
+
     /// The merged layers, top first.
     pub fn iter(&self) -> impl Iterator<Item = &dyn Layer> {
         self.layers[..self.merged].iter().map(|l| l.as_ref())

@@ -408,22 +408,22 @@ pub fn umount_in_namespace(ns: BorrowedFd<'_>, path: &CStr, flags: i32) -> io::R
     }
 }
 
-fn termination_signals() -> libc::sigset_t {
+fn daemon_signals() -> libc::sigset_t {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set it is given; sigaddset takes valid signals.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             libc::sigaddset(set.as_mut_ptr(), sig);
         }
         set.assume_init()
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in this thread and in every thread it
-/// starts afterwards, so that only [`wait_for_termination`] receives them.
-pub fn block_termination_signals() -> io::Result<()> {
-    let set = termination_signals();
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 in this thread and in every
+/// thread it starts afterwards, so that only [`wait_for_signal`] gets them.
+pub fn block_daemon_signals() -> io::Result<()> {
+    let set = daemon_signals();
     // SAFETY: `set` is an initialised sigset_t.
     let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if ret != 0 {
@@ -432,9 +432,9 @@ pub fn block_termination_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until SIGTERM, SIGINT or SIGHUP arrives; returns the signal number.
-pub fn wait_for_termination() -> i32 {
-    let set = termination_signals();
+/// Waits until SIGTERM, SIGINT, SIGHUP or SIGUSR1 arrives; returns it.
+pub fn wait_for_signal() -> i32 {
+    let set = daemon_signals();
     let mut sig: libc::c_int = 0;
     // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
     unsafe { libc::sigwait(&set, &mut sig) };

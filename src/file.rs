@@ -90,13 +90,18 @@ impl OpenFile {
 }
 
 /// Open flags passed on to the layer file; creation flags were handled.
-const PASSED_FLAGS: i32 = libc::O_ACCMODE
-    | libc::O_APPEND
-    | libc::O_NONBLOCK
-    | libc::O_DIRECT
-    | libc::O_SYNC
-    | libc::O_DSYNC
-    | libc::O_NOATIME;
+/// Not [`NOT_PASSED`] (a passthrough handle has them all: the kernel opens
+/// its backing file with the handle's own flags).
+const PASSED_FLAGS: i32 =
+    libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+
+/// Open flags the daemon's fd of a file must not have, also for a create:
+/// O_APPEND, because the kernel picks the offset of an appending write
+/// itself (its size of the file) and writes mmap'ed pages back through any
+/// writable handle of the inode, which would land at the end of the file
+/// instead of at their offset; O_DIRECT, because the daemon's buffers are
+/// not aligned (EINVAL).
+pub(crate) const NOT_PASSED: i32 = libc::O_APPEND | libc::O_DIRECT;
 
 pub(crate) fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0

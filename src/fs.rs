@@ -728,7 +728,10 @@ impl fuser::Filesystem for Strata {
         reply: ReplyCreate,
     ) {
         contained(|| {
-            let object = NewObject::File { mode, flags };
+            let object = NewObject::File {
+                mode,
+                flags: flags & !crate::file::NOT_PASSED,
+            };
             match self.create_object(parent, name, object, self.creator(req, umask)) {
                 Ok((node, Some(fd))) => {
                     let node = self.nodes.remember(node);

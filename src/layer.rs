@@ -374,24 +374,47 @@ impl DirLayer {
 
     /// An O_PATH fd for `path` (the symlink itself for a symlink).
     pub fn open_path(&self, path: &RelPath) -> io::Result<OwnedFd> {
-        sys::openat2(
+        open_beneath(
             self.root.as_fd(),
             path.as_cstr(),
             libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-            sys::RESOLVE_IN_LAYER,
         )
     }
 
     fn open_dir(&self, dir: &RelPath, flags: i32) -> io::Result<OwnedFd> {
-        sys::openat2(
+        open_beneath(
             self.root.as_fd(),
             dir.as_cstr(),
             flags | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-            sys::RESOLVE_IN_LAYER,
         )
     }
+}
+
+/// `openat2` of `path` beneath `dir` with [`sys::RESOLVE_IN_LAYER`]: one
+/// call where the path fits in PATH_MAX, else in pieces that do, each
+/// resolved beneath the directory the one before reached (never through a
+/// symlink, never above it), so a layer serves paths as deep as kernel
+/// overlayfs does instead of failing them with ENAMETOOLONG.
+fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    let bytes = path.to_bytes();
+    let max = libc::PATH_MAX as usize - 1;
+    if bytes.len() <= max {
+        return sys::openat2(dir, path, flags, 0, sys::RESOLVE_IN_LAYER);
+    }
+    let cut = bytes[..max]
+        .iter()
+        .rposition(|&b| b == b'/')
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+    let head = CString::new(&bytes[..cut]).expect("no NUL in a CStr");
+    let tail = CString::new(&bytes[cut + 1..]).expect("no NUL in a CStr");
+    let parent = sys::openat2(
+        dir,
+        &head,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_IN_LAYER,
+    )?;
+    open_beneath(parent.as_fd(), &tail, flags)
 }
 
 /// `lstat` of `name` in an open directory; `None` when it does not exist.
@@ -521,13 +544,7 @@ impl Layer for DirLayer {
     }
 
     fn open(&self, path: &RelPath, flags: i32) -> io::Result<OwnedFd> {
-        sys::openat2(
-            self.root.as_fd(),
-            path.as_cstr(),
-            flags | libc::O_NOFOLLOW,
-            0,
-            sys::RESOLVE_IN_LAYER,
-        )
+        open_beneath(self.root.as_fd(), path.as_cstr(), flags | libc::O_NOFOLLOW)
     }
 
     fn get_xattr(&self, path: &RelPath, name: &CStr) -> io::Result<Vec<u8>> {

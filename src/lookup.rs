@@ -163,7 +163,7 @@ impl LayerStack {
                     return Err(io::Error::from_raw_os_error(libc::EPERM));
                 }
                 candidates.truncate(next);
-                candidates.extend(self.redirected(parent, here.layer, &redirect));
+                candidates.extend(self.redirected(parent, here.layer, &redirect)?);
             }
         }
         Ok(found)
@@ -193,7 +193,7 @@ impl LayerStack {
             Some(_) if !self.follow_redirects => {
                 return Err(io::Error::from_raw_os_error(libc::EPERM)); // as for directories
             }
-            Some(redirect) => self.redirected(parent, here.layer, redirect),
+            Some(redirect) => self.redirected(parent, here.layer, redirect)?,
             None => below.to_vec(),
         };
         for there in candidates {
@@ -213,8 +213,37 @@ impl LayerStack {
 
     /// The places below `layer` that a redirect points to: an absolute path
     /// in every lower layer, or a sibling name in the parent's lower origins.
-    /// A malformed redirect is ignored (no lower layers are merged).
-    fn redirected(&self, parent: &NodeState, layer: LayerId, redirect: &[u8]) -> Vec<Origin> {
+    /// A malformed redirect fails the lookup with the kernel's errno: EINVAL
+    /// for an empty component (or a `/` in a relative one), EACCES for `.`
+    /// or `..` (its `lookup_one_len` refuses them), ENAMETOOLONG for a long
+    /// name; in the lowest layer it is never read, as in the kernel.
+    fn redirected(
+        &self,
+        parent: &NodeState,
+        layer: LayerId,
+        redirect: &[u8],
+    ) -> io::Result<Vec<Origin>> {
+        if layer + 1 >= self.merged {
+            return Ok(Vec::new());
+        }
+        let (absolute, rest) = match redirect.strip_prefix(b"/") {
+            Some(rest) => (true, rest),
+            None => (false, redirect),
+        };
+        for part in rest.split(|&b| b == b'/') {
+            let errno = match part {
+                _ if !absolute && part.len() != rest.len() => libc::EINVAL,
+                b"" => libc::EINVAL,
+                b"." | b".." => libc::EACCES,
+                _ if part.len() > NAME_MAX => libc::ENAMETOOLONG,
+                _ => continue,
+            };
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(self.redirected_valid(parent, layer, redirect))
+    }
+
+    fn redirected_valid(&self, parent: &NodeState, layer: LayerId, redirect: &[u8]) -> Vec<Origin> {
         if let Some(absolute) = redirect.strip_prefix(b"/") {
             let Some(path) = RelPath::from_components(absolute) else {
                 return Vec::new();

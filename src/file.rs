@@ -180,11 +180,20 @@ impl Strata {
         } else {
             state.top()
         };
-        let fd = self
-            .stack
-            .get(top.layer)
-            .open(&top.path, (flags & PASSED_FLAGS) | (flags & libc::O_TRUNC))
-            .map_err(errno)?;
+        let layer = self.stack.get(top.layer);
+        let opened = layer.open(&top.path, (flags & PASSED_FLAGS) | (flags & libc::O_TRUNC));
+        if !state.is_metacopy() {
+            // The path is the node's only as long as no other request
+            // deletes, renames or replaces the name.
+            let now = match &opened {
+                Ok(fd) => sys::fstat(fd.as_fd()).map(|st| (st.st_dev, st.st_ino)),
+                Err(_) => layer.stat(&top.path).map(|st| (st.dev, st.ino)),
+            };
+            if now.ok() != Some((state.stat.dev, state.stat.ino)) {
+                return Err(Errno::ENOENT);
+            }
+        }
+        let fd = opened.map_err(errno)?;
         if flags & libc::O_TRUNC != 0 {
             self.refresh(node);
         }
@@ -271,9 +280,17 @@ impl Strata {
         if let Some(fd) = node.orphan() {
             return Ok(fd);
         }
-        let top = node.state().top().clone();
+        let state = node.state().clone();
+        let top = state.top();
         let layer = self.writable_layer(top.layer)?;
-        Ok(Arc::new(layer.open_path(&top.path)?))
+        let fd = layer.open_path(&top.path)?;
+        // Another request deleted or replaced the name meanwhile: not the
+        // whiteout or the new object there now.
+        let st = sys::fstat(fd.as_fd())?;
+        if (st.st_dev, st.st_ino) != (state.stat.dev, state.stat.ino) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok(Arc::new(fd))
     }
 
     /// Writes through an open file and refreshes the node's attributes.

@@ -435,10 +435,16 @@ impl fuser::Filesystem for Strata {
             match result {
                 Ok(dir) => {
                     let fh = self.dirs.insert(dir);
-                    reply.opened(
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                    );
+                    // The kernel's cached listing is shared by every open of
+                    // the directory, while each open here has a snapshot of
+                    // its own: with changes in between, a reader could go
+                    // on from one snapshot's offset in another's and see a
+                    // name twice. Only a read-only mount never changes.
+                    let flags = match self.upper {
+                        None => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                        Some(_) => FopenFlags::empty(),
+                    };
+                    reply.opened(FileHandle(fh), flags);
                 }
                 Err(e) => reply.error(e),
             }

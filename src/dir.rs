@@ -471,7 +471,10 @@ impl Strata {
 
     /// Makes `state` the node of `name` in `parent` and caches it.
     fn install(&self, parent: &Node, name: &OsStr, ino: u64, state: NodeState) -> Arc<Node> {
-        let node = self.nodes.live_or_new(ino, parent.ino, &state);
+        let (dev, real) = (state.stat.dev, state.stat.ino);
+        let node = self
+            .nodes
+            .live_or_new(ino, parent.ino, &state, || self.inos.renumber(dev, real));
         node.update(|s| *s = state);
         node.set_parent(parent.ino);
         node.add_name(parent.ino, name);

@@ -349,25 +349,28 @@ impl InodeTable {
 
     /// The node for an object just resolved as `state` with inode number
     /// `ino`: the table's, unless that one is of an object deleted for good
-    /// (the upper filesystem reused its number) or of another type; then a
-    /// new node takes its place, with its lookup count, since the kernel
-    /// pays back the old inode's lookups under the same number.
-    pub fn live_or_new(&self, ino: u64, parent: u64, state: &NodeState) -> Arc<Node> {
-        let fresh = || Arc::new(Node::new(ino, parent, state.clone()));
-        let Some(mut entry) = self.nodes.get_mut(&ino) else {
-            return fresh();
+    /// (the upper filesystem reused its number) or of another type. The
+    /// kernel still holds that one under `ino` (the FUSE node id is the
+    /// inode number), so the new object gets a number of its own from
+    /// `renumber`: reusing `ino` would show the kernel one node id turning
+    /// into another object, which it answers with EIO, and would mix the
+    /// two objects' lookup counts.
+    pub fn live_or_new(
+        &self,
+        ino: u64,
+        parent: u64,
+        state: &NodeState,
+        renumber: impl FnOnce() -> u64,
+    ) -> Arc<Node> {
+        let Some(old) = self.get(ino) else {
+            return Arc::new(Node::new(ino, parent, state.clone()));
         };
-        let old = entry.value();
         if !old.gone.load(Ordering::Acquire) && old.kind == state.stat.kind() {
-            return old.clone();
+            return old;
         }
-        let mut new = Node::new(ino, parent, state.clone());
-        new.generation = old.generation + 1;
-        let new = Arc::new(new);
-        new.lookups
-            .store(old.lookups.load(Ordering::Relaxed), Ordering::Relaxed);
-        *entry.value_mut() = new.clone();
-        new
+        let ino = renumber();
+        self.get(ino)
+            .unwrap_or_else(|| Arc::new(Node::new(ino, parent, state.clone())))
     }
 
     /// Pays back `count` lookups; drops the node when none are left.
@@ -411,7 +414,12 @@ pub struct InoMap {
     devs: RwLock<Vec<u64>>,
     /// Serialises registration of devices met after the mount started.
     grow: Mutex<()>,
+    /// Numbers handed out by [`InoMap::renumber`].
+    renumbered: AtomicU64,
 }
+
+/// The range of [`InoMap::renumber`]'s numbers.
+const RENUMBERED: u64 = 0b11 << 62;
 
 /// FUSE reserves node id 1 for the root.
 pub const ROOT_INO: u64 = 1;
@@ -429,12 +437,22 @@ impl InoMap {
             aliases: DashMap::new(),
             devs: RwLock::new(devs),
             grow: Mutex::new(()),
+            renumbered: AtomicU64::new(1),
         }
     }
 
     /// Makes the object (dev, real) show as `ino` from now on.
     pub fn alias(&self, dev: u64, real: u64, ino: u64) {
         self.aliases.insert((dev, real), ino);
+    }
+
+    /// Gives the object (dev, real) a number of its own, from a range no
+    /// layer's numbers or hashed numbers reach (top two bits set), while
+    /// its real number is still the kernel's name for an older object.
+    pub fn renumber(&self, dev: u64, real: u64) -> u64 {
+        let ino = RENUMBERED | self.renumbered.fetch_add(1, Ordering::Relaxed);
+        self.alias(dev, real, ino);
+        ino
     }
 
     /// Forgets an alias: the object is gone and its inode number may be
@@ -494,12 +512,28 @@ fn hashed_ino(dev: u64, ino: u64) -> u64 {
         h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h | (1 << 63)
+    // Bit 62 clear: the top two bits set are renumbered objects'.
+    (h & !(1 << 62)) | (1 << 63)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renumbered_objects_get_numbers_nothing_else_has() {
+        let map = InoMap::new([7, 8]);
+        let a = map.renumber(7, 42);
+        let b = map.renumber(8, 42);
+        assert_ne!(a, b);
+        assert_eq!(a & RENUMBERED, RENUMBERED);
+        assert_eq!(map.ino(7, 42), a, "the object keeps its new number");
+        for real in [1u64, 1 << 40, u64::MAX, 0xdead_beef_cafe] {
+            assert_ne!(hashed_ino(7, real) & RENUMBERED, RENUMBERED);
+        }
+        map.unalias(7, 42);
+        assert_ne!(map.ino(7, 42), a);
+    }
 
     fn stat(dev: u64, ino: u64) -> Stat {
         Stat {

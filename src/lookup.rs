@@ -325,11 +325,12 @@ impl Strata {
         let dir_state = self.dir_state(&dir);
         let found = self.stack.lookup(&dir_state, name).map_err(errno)?;
         let node = found.map(|mut state| {
-            let top = &state.stat;
-            let ino = self.inos.ino(top.dev, top.ino);
+            let (dev, real) = (state.stat.dev, state.stat.ino);
+            let ino = self.inos.ino(dev, real);
             self.apply_index(ino, &mut state);
             // A hard link reached by another name: share the known node.
-            self.nodes.live_or_new(ino, parent.0, &state)
+            self.nodes
+                .live_or_new(ino, parent.0, &state, || self.inos.renumber(dev, real))
         });
         let dentry = match &node {
             Some(n) => Dentry::Positive(n.clone()),

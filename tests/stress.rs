@@ -3,9 +3,8 @@
 //! overlayfs, plus leak checks of the daemon's fds and memory.
 //!
 //! Run on request (`cargo test --test stress`; Cargo.toml keeps it out of
-//! `cargo test`): about 2 short runs in 5 still meet a rare EIO or ESTALE
-//! on strata, from FUSE node ids being inode numbers that ext4 reuses at
-//! once. It joins `cargo test` when node ids are strata's own.
+//! `cargo test`): about 1 short run in 6 still meets a rare ENXIO on a
+//! create (it opened a whiteout). It joins `cargo test` once that is fixed.
 //!
 //! # `concurrent_mixed_operations`
 //!

@@ -68,25 +68,8 @@ fn mknod(path: &Path, mode: u32, major: u32, minor: u32) {
 }
 
 fn setxattr(path: &Path, name: &str, value: &[u8]) {
-    let p = c(path.as_os_str().as_bytes());
-    let n = c(name.as_bytes());
-    // SAFETY: valid strings; `value` is readable for its length.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {name} on {}: {}",
-        path.display(),
-        io::Error::last_os_error()
-    );
+    common::lsetxattr(path, name, value)
+        .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", path.display()));
 }
 
 /// A tmpfs mounted on a fresh directory (lazily unmounted on drop).

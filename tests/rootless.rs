@@ -124,19 +124,8 @@ fn layer_paths(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn xattr_set(path: &Path, name: &str, value: &[u8]) {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: NUL-terminated strings; `value` is valid for its length.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr {name} on {}", path.display());
+    common::lsetxattr(path, name, value)
+        .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", path.display()));
 }
 
 /// A directory for one test: layers, then (in the child) the uppers. The

@@ -130,31 +130,13 @@ fn config() -> Config {
 
 // ======================================================================= rng
 
-struct Rng(u64);
+/// The shared xorshift64*, its seed spread first (run seeds are small).
+struct Rng;
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1))
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len())]
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let x = self.next().to_le_bytes();
-            chunk.copy_from_slice(&x[..chunk.len()]);
-        }
+    #[allow(clippy::new_ret_no_self)]
+    fn new(seed: u64) -> XorShift {
+        XorShift::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
     }
 }
 
@@ -350,24 +332,7 @@ fn lower_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 fn set_user_xattr(p: &Path, name: &str, value: &[u8]) {
-    let (c, n) = (cstr(p), CString::new(name).unwrap());
-    // SAFETY: valid strings; value readable for its length.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
+    lsetxattr(p, name, value).unwrap_or_else(|e| panic!("setxattr {}: {e}", p.display()));
 }
 
 /// The lower layer (see the module doc) with `rounds` storm files.
@@ -559,7 +524,7 @@ fn idle(beat: &Beat) {
 
 struct Worker<'a> {
     root: &'a Path,
-    rng: Rng,
+    rng: XorShift,
     tally: Tally,
     held: Vec<(Fd, String)>,
     beat: Beat,

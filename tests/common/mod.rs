@@ -919,6 +919,27 @@ pub fn llistxattr(path: &Path) -> io::Result<Vec<String>> {
     }
 }
 
+/// `lsetxattr(2)`: sets `name` on `path` itself (never following a symlink).
+pub fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes()).expect("NUL in path");
+    let n = CString::new(name).expect("NUL in name");
+    // SAFETY: NUL-terminated strings; `value` is readable for its length.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// lgetxattr(2): the value of one attribute of `path` itself.
 pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
     let c = cpath(path);
@@ -1733,4 +1754,34 @@ pub fn expected_tree_problems(w: &Walk) -> Vec<String> {
         out.push("data1/data2/data3: not one inode".into());
     }
     out
+}
+
+/// xorshift64*: a small, seeded PRNG for random scripts (no crate needed;
+/// tests print the seed on failure).
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len())]
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let x = self.next().to_le_bytes();
+            chunk.copy_from_slice(&x[..chunk.len()]);
+        }
+    }
 }

@@ -16,6 +16,7 @@ use parking_lot::RwLock;
 use crate::copy_up::UPPER;
 use crate::fs::{Strata, errno};
 use crate::inode::{Node, Served};
+use crate::layer::Stat;
 use crate::readdir::MergedEntry;
 use crate::sys;
 
@@ -184,12 +185,16 @@ impl Strata {
         let opened = layer.open(&top.path, (flags & PASSED_FLAGS) | (flags & libc::O_TRUNC));
         if !state.is_metacopy() {
             // The path is the node's only as long as no other request
-            // deletes, renames or replaces the name.
+            // deletes, renames or replaces the name. (The type too: a
+            // whiteout put there may have been stat'ed into the node.)
             let now = match &opened {
-                Ok(fd) => sys::fstat(fd.as_fd()).map(|st| (st.st_dev, st.st_ino)),
-                Err(_) => layer.stat(&top.path).map(|st| (st.dev, st.ino)),
+                Ok(fd) => sys::fstat(fd.as_fd()).map(Stat::from),
+                Err(_) => layer.stat(&top.path),
             };
-            if now.ok() != Some((state.stat.dev, state.stat.ino)) {
+            let same = now.is_ok_and(|st| {
+                (st.dev, st.ino) == (state.stat.dev, state.stat.ino) && st.kind() == node.kind
+            });
+            if !same {
                 return Err(Errno::ENOENT);
             }
         }
@@ -286,8 +291,8 @@ impl Strata {
         let fd = layer.open_path(&top.path)?;
         // Another request deleted or replaced the name meanwhile: not the
         // whiteout or the new object there now.
-        let st = sys::fstat(fd.as_fd())?;
-        if (st.st_dev, st.st_ino) != (state.stat.dev, state.stat.ino) {
+        let st = Stat::from(sys::fstat(fd.as_fd())?);
+        if (st.dev, st.ino) != (state.stat.dev, state.stat.ino) || st.kind() != node.kind {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         Ok(Arc::new(fd))

@@ -3,8 +3,8 @@
 //! overlayfs, plus leak checks of the daemon's fds and memory.
 //!
 //! Run on request (`cargo test --test stress`; Cargo.toml keeps it out of
-//! `cargo test`): about 1 short run in 6 still meets a rare ENXIO on a
-//! create (it opened a whiteout). It joins `cargo test` once that is fixed.
+//! `cargo test`): about 1 short run in 8 still meets a rare ESTALE on a
+//! mkdir. It joins `cargo test` once that is fixed.
 //!
 //! # `concurrent_mixed_operations`
 //!

@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 
 use crate::copy_up::UPPER;
 use crate::fs::{Strata, errno};
-use crate::inode::{Node, Served};
+use crate::inode::{Node, NodeState, Served};
 use crate::layer::Stat;
 use crate::readdir::MergedEntry;
 use crate::sys;
@@ -104,6 +104,13 @@ const PASSED_FLAGS: i32 =
 /// not aligned (EINVAL).
 pub(crate) const NOT_PASSED: i32 = libc::O_APPEND | libc::O_DIRECT;
 
+/// Whether `st` (what a node's path holds now) is still the node's object:
+/// the same inode, and of the node's own type (its state may have been
+/// re-read from a whiteout that took the name).
+fn is_node_object(node: &Node, state: &NodeState, st: &Stat) -> bool {
+    (st.dev, st.ino) == (state.stat.dev, state.stat.ino) && st.kind() == node.kind
+}
+
 pub(crate) fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
@@ -191,10 +198,7 @@ impl Strata {
                 Ok(fd) => sys::fstat(fd.as_fd()).map(Stat::from),
                 Err(_) => layer.stat(&top.path),
             };
-            let same = now.is_ok_and(|st| {
-                (st.dev, st.ino) == (state.stat.dev, state.stat.ino) && st.kind() == node.kind
-            });
-            if !same {
+            if !now.is_ok_and(|st| is_node_object(node, &state, &st)) {
                 return Err(Errno::ENOENT);
             }
         }
@@ -291,8 +295,7 @@ impl Strata {
         let fd = layer.open_path(&top.path)?;
         // Another request deleted or replaced the name meanwhile: not the
         // whiteout or the new object there now.
-        let st = Stat::from(sys::fstat(fd.as_fd())?);
-        if (st.dev, st.ino) != (state.stat.dev, state.stat.ino) || st.kind() != node.kind {
+        if !is_node_object(node, &state, &Stat::from(sys::fstat(fd.as_fd())?)) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         Ok(Arc::new(fd))

@@ -27,6 +27,7 @@ use crate::index::Index;
 use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
 use crate::layer::{DirLayer, Layer};
 use crate::lookup::LayerStack;
+use crate::namespace::Namespace;
 use crate::readdir::merged_listing;
 use crate::stat_override::{self, Format};
 use crate::sys;
@@ -102,6 +103,9 @@ pub struct Strata {
     /// Tells the kernel about changes it cannot see coming (set once the
     /// session exists; see `daemon`).
     pub(crate) notifier: Arc<OnceLock<Notifier>>,
+    /// Shared by requests that resolve paths, exclusive to directory
+    /// renames.
+    pub(crate) namespace: Namespace,
 }
 
 pub(crate) fn errno(e: io::Error) -> Errno {
@@ -178,6 +182,7 @@ impl Strata {
             acl_wanted: config.acl,
             acl_on: AtomicBool::new(false),
             notifier: Arc::default(),
+            namespace: Namespace::default(),
         };
         fs.mark_upper();
         Ok(fs)
@@ -236,6 +241,13 @@ impl Strata {
             parent_ino: node.parent(),
             entries: entries.into(),
         })
+    }
+
+    /// Runs a request that resolves paths in the layers (see
+    /// [`crate::namespace`]): it sees directory renames whole.
+    fn on_paths(&self, handler: impl FnOnce()) {
+        let _resolving = self.namespace.resolving();
+        contained(handler);
     }
 
     fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
@@ -313,7 +325,7 @@ impl fuser::Filesystem for Strata {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        contained(|| match self.lookup_node(parent, name) {
+        self.on_paths(|| match self.lookup_node(parent, name) {
             Ok(Some(node)) => {
                 let node = self.nodes.remember(node);
                 reply.entry(&self.ttl, &self.attr(&node), Generation(node.generation));
@@ -332,14 +344,14 @@ impl fuser::Filesystem for Strata {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        contained(|| match self.node(ino) {
+        self.on_paths(|| match self.node(ino) {
             Ok(node) => reply.attr(&self.ttl, &self.attr(&node)),
             Err(e) => reply.error(e),
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        contained(|| {
+        self.on_paths(|| {
             let result = self.node(ino).and_then(|node| {
                 let state = node.state();
                 let top = state.top();
@@ -353,7 +365,7 @@ impl fuser::Filesystem for Strata {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        contained(|| {
+        self.on_paths(|| {
             let opened = self
                 .node(ino)
                 .and_then(|node| Ok((self.open_file(&node, flags.0)?, node)));
@@ -425,7 +437,7 @@ impl fuser::Filesystem for Strata {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        contained(|| {
+        self.on_paths(|| {
             let result = self.node(ino).and_then(|node| {
                 if node.kind != FileType::Directory {
                     return Err(Errno::ENOTDIR);
@@ -493,7 +505,7 @@ impl fuser::Filesystem for Strata {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             let Some(dir) = self.dirs.get(fh.0) else {
                 return reply.error(Errno::EBADF);
             };
@@ -576,7 +588,7 @@ impl fuser::Filesystem for Strata {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        contained(|| {
+        self.on_paths(|| {
             if self.noxattrs {
                 return reply.error(Errno::ENOTSUP);
             }
@@ -597,7 +609,7 @@ impl fuser::Filesystem for Strata {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        contained(|| {
+        self.on_paths(|| {
             if self.noxattrs {
                 return reply.error(Errno::ENOTSUP);
             }
@@ -630,7 +642,7 @@ impl fuser::Filesystem for Strata {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             let change = AttrChange {
                 mode,
                 uid: uid.map(|u| self.idmap.stored_uid(u)),
@@ -660,7 +672,7 @@ impl fuser::Filesystem for Strata {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             let object = NewObject::Special {
                 mode,
                 rdev: rdev as u64,
@@ -681,7 +693,7 @@ impl fuser::Filesystem for Strata {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             let object = NewObject::Dir { mode };
             self.reply_created(
                 reply,
@@ -698,7 +710,7 @@ impl fuser::Filesystem for Strata {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             let object = NewObject::Symlink {
                 target: target.as_os_str(),
             };
@@ -717,7 +729,7 @@ impl fuser::Filesystem for Strata {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             let result = self.link_object(ino, newparent, newname).map(|n| (n, None));
             self.reply_created(reply, result);
         });
@@ -733,7 +745,7 @@ impl fuser::Filesystem for Strata {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             let object = NewObject::File {
                 mode,
                 flags: flags & !crate::file::NOT_PASSED,
@@ -767,13 +779,13 @@ impl fuser::Filesystem for Strata {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        contained(|| {
+        self.on_paths(|| {
             reply_empty(reply, self.remove_object(parent, name, false));
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        contained(|| {
+        self.on_paths(|| {
             reply_empty(reply, self.remove_object(parent, name, true));
         });
     }
@@ -849,7 +861,7 @@ impl fuser::Filesystem for Strata {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             if !self.fsync {
                 return reply.ok();
             }
@@ -951,7 +963,7 @@ impl fuser::Filesystem for Strata {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             if self.noxattrs {
                 return reply.error(Errno::ENOTSUP);
             }
@@ -963,7 +975,7 @@ impl fuser::Filesystem for Strata {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        contained(|| {
+        self.on_paths(|| {
             if self.noxattrs {
                 return reply.error(Errno::ENOTSUP);
             }

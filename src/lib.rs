@@ -12,6 +12,7 @@
 //! | [`index`] | hard links that survive copy-up (kernel `index=on`) |
 //! | [`inode`] | the node table, lookup counts, inode numbers |
 //! | [`dcache`] | the sharded, bounded dentry cache (positive and negative) |
+//! | [`namespace`] | path resolution ordered against directory renames |
 //! | [`dir`] | namespace changes: create, link, unlink, rmdir; whiteouts, opaque dirs |
 //! | [`rename`] | rename and renameat2; redirects for moved directories |
 //! | [`readdir`] | merged directory listings |
@@ -36,6 +37,7 @@ pub mod index;
 pub mod inode;
 pub mod layer;
 pub mod lookup;
+pub mod namespace;
 pub mod options;
 pub mod readdir;
 pub mod refresh;

@@ -18,6 +18,7 @@ use crate::dcache::DentryCache;
 use crate::fs::Strata;
 use crate::inode::{InodeTable, Node};
 use crate::lookup::LayerStack;
+use crate::namespace::Namespace;
 
 /// What a refresh needs of the filesystem, shared with the signal thread.
 pub struct Refresher {
@@ -25,6 +26,7 @@ pub struct Refresher {
     nodes: Arc<InodeTable>,
     dcache: Arc<DentryCache>,
     notifier: Arc<OnceLock<Notifier>>,
+    namespace: Namespace,
 }
 
 impl Strata {
@@ -34,6 +36,7 @@ impl Strata {
             nodes: self.nodes.clone(),
             dcache: self.dcache.clone(),
             notifier: self.notifier.clone(),
+            namespace: self.namespace.clone(),
         }
     }
 }
@@ -61,16 +64,22 @@ impl Refresher {
     /// locks for each invalidation, which a request handler may hold.
     pub fn refresh(&self) {
         // strata's own caches first, so no lookup the kernel makes after
-        // its invalidation is answered from them.
-        let mut names = self.dcache.drain_names();
-        for layer in self.stack.all() {
-            layer.forget_cached();
-        }
-        let nodes = self.nodes.all();
-        for node in &nodes {
-            self.restat(node);
-            names.extend(node.known_names());
-        }
+        // its invalidation is answered from them; no request resolves a
+        // path meanwhile, so none caches what it found before the drop.
+        // (The kernel's part comes after the lock.)
+        let (mut names, nodes) = {
+            let _moving = self.namespace.moving();
+            let mut names = self.dcache.drain_names();
+            for layer in self.stack.all() {
+                layer.forget_cached();
+            }
+            let nodes = self.nodes.all();
+            for node in &nodes {
+                self.restat(node);
+                names.extend(node.known_names());
+            }
+            (names, nodes)
+        };
         let Some(notifier) = self.notifier.get() else {
             return;
         };

@@ -78,8 +78,39 @@ impl Strata {
         Err(io::Error::from_raw_os_error(libc::EXDEV))
     }
 
-    /// `rename` and `renameat2` with RENAME_NOREPLACE or RENAME_EXCHANGE.
+    /// `rename` and `renameat2` with RENAME_NOREPLACE or RENAME_EXCHANGE,
+    /// holding the namespace lock (see [`crate::namespace`]) exclusively
+    /// when a directory moves: every path below it changes.
     pub(crate) fn rename_object(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        // The kernel holds both parents locked for the whole request, so
+        // what the names hold cannot change between this look and the
+        // rename.
+        let moves_directory = {
+            let _resolving = self.namespace.resolving();
+            let is_dir = |dir, name| {
+                let found = self.lookup_node(dir, name);
+                matches!(found, Ok(Some(n)) if n.kind == FileType::Directory)
+            };
+            is_dir(parent, name)
+                || (flags & libc::RENAME_EXCHANGE != 0 && is_dir(new_parent, new_name))
+        };
+        if moves_directory {
+            let _moving = self.namespace.moving();
+            self.rename_holding_lock(parent, name, new_parent, new_name, flags)
+        } else {
+            let _resolving = self.namespace.resolving();
+            self.rename_holding_lock(parent, name, new_parent, new_name, flags)
+        }
+    }
+
+    fn rename_holding_lock(
         &self,
         parent: INodeNo,
         name: &OsStr,

@@ -2,10 +2,6 @@
 //! shared name space, on strata and (as a sanity reference) on kernel
 //! overlayfs, plus leak checks of the daemon's fds and memory.
 //!
-//! Run on request (`cargo test --test stress`; Cargo.toml keeps it out of
-//! `cargo test`): about 1 short run in 8 still meets a rare ESTALE on a
-//! mkdir. It joins `cargo test` once that is fixed.
-//!
 //! # `concurrent_mixed_operations`
 //!
 //! A lower layer with four directories `d0..d3` (files `n0..n3`, `n0` of

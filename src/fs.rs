@@ -608,14 +608,19 @@ impl fuser::Filesystem for Strata {
         });
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.on_paths(|| {
             if self.noxattrs {
                 return reply.error(Errno::ENOTSUP);
             }
             let result = self.node(ino).and_then(|node| {
                 let raw = self.list_xattr(&node).map_err(errno)?;
-                Ok(self.visible_xattr_names(&node, &raw))
+                let names = self.visible_xattr_names(&node, &raw);
+                // trusted.* only to the privileged, as the kernel lists them.
+                Ok(match xattr::caller_lists_trusted(req.uid(), req.pid()) {
+                    true => names,
+                    false => xattr::without_trusted(&names),
+                })
             });
             match result {
                 Ok(names) => Self::reply_xattr(reply, &names, size),

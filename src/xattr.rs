@@ -55,6 +55,43 @@ pub fn visible_names(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether a caller is shown `trusted.*` names by listxattr. Local
+/// filesystems and kernel overlayfs list them only to a caller with
+/// CAP_SYS_ADMIN (`ext4_xattr_trusted_list`, `ovl_can_list`), and the
+/// kernel's FUSE module passes the daemon's list on as it is, so without
+/// this every user would see them (the VFS refuses them the values).
+/// `uid` 0 (of the mount's user namespace: a user namespace's root mapped
+/// to another uid is not it) with CAP_SYS_ADMIN in its effective set
+/// (`/proc/PID/status`); where that cannot be read (the caller is gone, or
+/// outside the mount's pid namespace: pid 0), uid 0 alone decides.
+pub fn caller_lists_trusted(uid: u32, pid: u32) -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    if uid != 0 {
+        return false;
+    }
+    let status = match pid {
+        0 => None,
+        _ => std::fs::read_to_string(format!("/proc/{pid}/status")).ok(),
+    };
+    status
+        .as_deref()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// A NUL-separated `listxattr` buffer without its `trusted.*` names.
+pub fn without_trusted(names: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !name.starts_with(b"trusted.") {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
+}
+
 /// Treats "this filesystem has no xattrs" as an empty list.
 pub fn none_if_unsupported(r: io::Result<Vec<u8>>) -> io::Result<Vec<u8>> {
     match r {
@@ -129,5 +166,13 @@ mod tests {
         assert!(is_internal(b"trusted.overlay.metacopy"));
         assert!(!is_internal(b"trusted.overlayx"));
         assert!(!is_internal(b"user.overlayfoo"));
+    }
+
+    #[test]
+    fn trusted_names_only_for_privileged_callers() {
+        let raw = b"user.a\0trusted.b\0security.c\0trustedx\0";
+        assert_eq!(without_trusted(raw), b"user.a\0security.c\0trustedx\0");
+        assert!(!caller_lists_trusted(1000, std::process::id()));
+        assert!(caller_lists_trusted(0, 0));
     }
 }

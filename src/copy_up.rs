@@ -625,7 +625,7 @@ fn copy_range(
 /// Gives the copy at `dst` the owner, xattrs (minus internal ones), mode and
 /// times of `src_path` in `layer`. The owner comes first: chown clears
 /// set-id bits and file capabilities (`security.capability`).
-fn copy_metadata(
+pub(crate) fn copy_metadata(
     layer: &dyn Layer,
     src_path: &RelPath,
     stat: &Stat,

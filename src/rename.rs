@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use fuser::{Errno, FileType, INodeNo};
 
-use crate::copy_up::{UPPER, remove_tree};
+use crate::copy_up::{UPPER, Upper, copy_metadata, remove_tree};
 use crate::dir::{
     UpperEntry, check_name, cstr, make_opaque, oci_whiteout_first, upper_entry, xattr_refused,
 };
 use crate::fs::{Strata, errno};
 use crate::inode::Node;
-use crate::layer::{REDIRECT_XATTRS, RelPath, whiteout_name_for};
+use crate::layer::{Layer, REDIRECT_XATTRS, RelPath, whiteout_name_for};
 use crate::readdir::merged_listing;
 use crate::sys;
 
@@ -37,6 +37,66 @@ impl Drop for ChangedIfFailed<'_> {
             }
         }
     }
+}
+
+/// Before a directory replaces `name` in upper directory `parent`, an empty
+/// merged directory (its upper copy holds only whiteouts, which rename(2)
+/// will not replace): puts an empty opaque directory with the same owner,
+/// mode, xattrs and times in its place, in one exchange with a copy built
+/// in the workdir, as the kernel's `ovl_clear_empty` does, so that one
+/// rename then replaces it. The merged view is the same before and after
+/// (an empty directory), and the upper never holds an opaque directory
+/// with whiteouts in it, which kernel overlayfs would list as entries it
+/// cannot stat. The old copy is removed from the workdir (or at the next
+/// mount). False, with nothing changed, where neither opaque xattr can be
+/// stored (a `.wh..wh..opq` marker would keep the directory non-empty).
+fn clear_merged_dir(upper: &Upper, parent: &RelPath, name: &OsStr) -> io::Result<bool> {
+    let path = parent.join(name);
+    let stat = upper.layer.stat(&path)?;
+    let tmp = upper.tmp_name();
+    sys::mkdirat(upper.work(), &tmp, 0o700)?;
+    let swapped = (|| -> io::Result<bool> {
+        let fd = sys::openat2(
+            upper.work(),
+            &tmp,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_IN_LAYER,
+        )?;
+        let mut opaque = false;
+        for x in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
+            match sys::fsetxattr_any(fd.as_fd(), x, b"y", 0) {
+                Err(e) if xattr_refused(&e) => {}
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    opaque = true;
+                    break;
+                }
+            }
+        }
+        if !opaque {
+            return Ok(false);
+        }
+        copy_metadata(&*upper.layer, &path, &stat, fd.as_fd())?;
+        let pfd = upper.dir_fd(parent)?;
+        sys::renameat2(
+            upper.work(),
+            &tmp,
+            pfd.as_fd(),
+            &cstr(name),
+            libc::RENAME_EXCHANGE,
+        )?;
+        Ok(true)
+    })();
+    // The old copy after the exchange, else the unused new one.
+    if let Err(e) = remove_tree(
+        upper.work_layer(),
+        &RelPath::root(),
+        OsStr::from_bytes(tmp.to_bytes()),
+    ) {
+        log::warn!("could not clear {tmp:?} from the workdir: {e}");
+    }
+    swapped
 }
 
 impl Strata {
@@ -235,12 +295,43 @@ impl Strata {
                 );
             }
             let target = upper_entry(npfd.as_fd(), new_name)?;
+            // An empty merged directory as the target: its upper copy holds
+            // whiteouts, which rename(2) will not replace. Swapping it to
+            // the source name and clearing it there (as before) showed the
+            // old copy at the source name, with the lower directory there
+            // merged through it, until the whiteout came last; a crash in
+            // between (SIGKILL, tests/crash_safety.rs) kept a duplicate and
+            // resurrected lower entries. Like the kernel, the target is
+            // first replaced by an empty opaque directory, so that one
+            // rename (with RENAME_WHITEOUT if needed) below does the move.
+            let cleared = src_is_dir
+                && target == (UpperEntry::Present { is_dir: true })
+                && dst_merged_dir
+                && clear_merged_dir(upper, &new_dir.state().path, new_name)?;
             match target {
-                // The target holds only whiteouts (checked above) or is one:
-                // swap, then clear what now stands at the source name.
-                t if src_is_dir
-                    && (t == UpperEntry::Whiteout
-                        || (t == UpperEntry::Present { is_dir: true } && dst_merged_dir)) =>
+                // Over a whiteout: swap, and the whiteout is at the source
+                // name in the same step. That is the one the source needs
+                // if it has lower content (the kernel's "switch whiteouts");
+                // otherwise it hides nothing and goes. (Removing it and then
+                // making a new one let the lower source show through in
+                // between, which a crash could keep.)
+                UpperEntry::Whiteout if src_is_dir => {
+                    sys::renameat2(
+                        pfd.as_fd(),
+                        &cname,
+                        npfd.as_fd(),
+                        &cnew,
+                        libc::RENAME_EXCHANGE,
+                    )?;
+                    if src_needs_whiteout {
+                        return Ok(());
+                    }
+                    remove_tree(&upper.layer, &dir.state().path, name)?;
+                }
+                // No opaque xattr could be stored (clear_merged_dir): swap,
+                // then clear what now stands at the source name, in steps.
+                UpperEntry::Present { is_dir: true }
+                    if src_is_dir && dst_merged_dir && !cleared =>
                 {
                     sys::renameat2(
                         pfd.as_fd(),

@@ -258,10 +258,16 @@ fn describe(cmd: &Command) -> String {
 /// Waits for `child` at most `timeout`; kills (and reaps) it past that.
 fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
+    // Short polls first: most commands (mount, umount) take a few ms, and
+    // the crash tests run thousands of them.
+    let mut poll = Duration::from_millis(1);
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) if Instant::now() < deadline => {
+                thread::sleep(poll);
+                poll = (poll * 2).min(Duration::from_millis(10));
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();

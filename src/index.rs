@@ -14,13 +14,13 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use fuser::FileType;
 
-use crate::copy_up::{UPPER, keeping_times};
+use crate::copy_up::{UPPER, keeping_times, open_path_in};
 use crate::dir::xattr_refused;
 use crate::fs::Strata;
 use crate::inode::{InoMap, LayerId, Node, NodeState, Origin};
@@ -85,9 +85,22 @@ impl Index {
     }
 
     fn set_bias(&self, key: &RelPath, bias: i64) -> io::Result<()> {
-        let fd = self.layer.open_path(key)?;
-        sys::fsetxattr_any(fd.as_fd(), NLINK_XATTR, bias.to_string().as_bytes(), 0)
+        set_bias_of(self.layer.open_path(key)?.as_fd(), bias)
     }
+}
+
+/// Records the link-count bias on an entry's object; an entry in the
+/// making gets it before it is placed, so no crash leaves one without.
+fn set_bias_of(fd: BorrowedFd<'_>, bias: i64) -> io::Result<()> {
+    sys::fsetxattr_any(fd, NLINK_XATTR, bias.to_string().as_bytes(), 0)
+}
+
+/// Builds an index entry in the workdir as `tmp`: a copy of the lower file
+/// with its bias set.
+fn build_entry(fs: &Strata, state: &NodeState, tmp: &CStr, bias: i64) -> io::Result<()> {
+    fs.copy_non_dir(state, tmp)?;
+    let upper = fs.upper_or_erofs()?;
+    set_bias_of(open_path_in(upper.work(), tmp)?.as_fd(), bias)
 }
 
 impl Strata {
@@ -146,11 +159,14 @@ impl Strata {
         let bias = match index.layer.stat(&key) {
             Ok(_) => index.bias(&key) - 1, // one more name moves into the upper
             Err(e) if is_absent(&e) => {
+                // Placed alone, the entry is 1 link of nlink; then it and
+                // this name are 2. (A crash between the bias below and the
+                // link shows one link too few after a remount.)
+                let alone = state.stat.nlink as i64 - 1;
                 self.place_new(index.layer.root_fd(), &key_c, false, |tmp| {
-                    self.copy_non_dir(state, tmp)
+                    build_entry(self, state, tmp, alone)
                 })?;
-                // The entry and this name are 2 links; the lower has nlink names.
-                state.stat.nlink as i64 - 2
+                alone - 1
             }
             Err(e) => return Err(e),
         };
@@ -244,12 +260,11 @@ impl Strata {
             return Ok(());
         }
         let key_c = CString::new(key.as_bytes()).expect("hex");
-        self.place_new(index.layer.root_fd(), &key_c, false, |tmp| {
-            self.copy_non_dir(&state, tmp)
-        })?;
         // Only the entry links the inode: it shows the lower count of names.
         let bias = state.stat.nlink as i64 - 1;
-        index.set_bias(&key, bias)?;
+        self.place_new(index.layer.root_fd(), &key_c, false, |tmp| {
+            build_entry(self, &state, tmp, bias)
+        })?;
         let entry = index.layer.stat(&key)?;
         self.inos.alias(entry.dev, entry.ino, node.ino);
         node.update(|s| {

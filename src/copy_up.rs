@@ -21,7 +21,7 @@ use log::warn;
 use crate::dir::{oci_whiteout, xattr_refused};
 use crate::fs::Strata;
 use crate::inode::{LayerId, Node, NodeState, Origin};
-use crate::layer::{DirLayer, Layer, METACOPY_XATTRS, RelPath, Stat, is_absent};
+use crate::layer::{DirLayer, FileData, Layer, METACOPY_XATTRS, RelPath, Stat, is_absent};
 use crate::sys;
 use crate::xattr;
 
@@ -418,13 +418,13 @@ impl Strata {
         let input = self
             .stack
             .get(data.layer)
-            .open(&data.path, libc::O_RDONLY)?;
+            .open_data(&data.path, libc::O_RDONLY)?;
         let output = upper.layer.open(&state.top().path, libc::O_WRONLY)?;
         let before: Stat = sys::fstat(output.as_fd())?.into();
         // Writing data drops file capabilities (and, but for root, set-id
         // bits): what the metadata copy-up set is put back after.
         let caps = sys::fgetxattr(output.as_fd(), c"security.capability").ok();
-        copy_data(input.as_fd(), output.as_fd(), before.size)?;
+        copy_file_data(&input, output.as_fd(), before.size)?;
         if let Some(caps) = caps {
             sys::fsetxattr_any(output.as_fd(), c"security.capability", &caps, 0)?;
         }
@@ -508,9 +508,9 @@ impl Strata {
                 let input = self
                     .stack
                     .get(data.layer)
-                    .open(&data.path, libc::O_RDONLY)?;
+                    .open_data(&data.path, libc::O_RDONLY)?;
                 let output = upper.create_tmp_file(tmp)?;
-                copy_data(input.as_fd(), output.as_fd(), stat.size)?;
+                copy_file_data(&input, output.as_fd(), stat.size)?;
                 copy_metadata(layer, &src.path, stat, output.as_fd())?;
                 // Durable before the rename makes it visible: after a crash
                 // the upper holds the whole copy or none (as the kernel).
@@ -567,6 +567,21 @@ pub(crate) fn open_path_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Owned
         0,
         sys::RESOLVE_IN_LAYER,
     )
+}
+
+/// Copies `size` bytes of a layer file's data: from an fd keeping its
+/// holes, from a mapping (a tar layer's file) by writing it out.
+fn copy_file_data(input: &FileData, output: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    match input {
+        FileData::Fd(fd) => copy_data(fd.as_fd(), output, size),
+        FileData::Mapped(bytes) => {
+            let bytes = bytes.slice(0, size);
+            for (i, chunk) in bytes.chunks(1 << 20).enumerate() {
+                sys::pwrite_all(output, chunk, (i as u64) << 20)?;
+            }
+            sys::ftruncate(output, size)
+        }
+    }
 }
 
 /// Copies `size` bytes, skipping holes so sparse files stay sparse.

@@ -7,6 +7,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
 use std::thread;
 
 use fuser::MountOption;
@@ -14,6 +15,7 @@ use log::info;
 
 use crate::fs::{DEFAULT_TIMEOUT, FsConfig, Strata};
 use crate::idmap::IdMap;
+use crate::layer::Layer;
 use crate::options::Config;
 use crate::refresh::Refresher;
 use crate::stat_override::Format;
@@ -64,11 +66,22 @@ fn unmount_lazily(mountpoint: &CStr) -> io::Result<()> {
 /// `foreground`, returns in the caller's process as soon as the mount is live
 /// (exit status 0) while a detached child serves it.
 pub fn mount_and_serve(config: &Config, inherited: &[RawFd]) -> io::Result<()> {
+    mount_layers_and_serve(config, Vec::new(), inherited)
+}
+
+/// [`mount_and_serve`] with `lower_layers` (open already, top first) below
+/// the config's lowerdirs: `strata mount-image`'s tar layers.
+pub fn mount_layers_and_serve(
+    config: &Config,
+    lower_layers: Vec<Arc<dyn Layer>>,
+    inherited: &[RawFd],
+) -> io::Result<()> {
     if let Err(e) = sys::raise_nofile_limit() {
         info!("could not raise the open-file limit: {e}");
     }
     let fs = Strata::new(&FsConfig {
         lowerdirs: config.lowerdirs.clone(),
+        lower_layers,
         upperdir: config.upperdir.clone(),
         workdir: config.workdir.clone(),
         timeout: config.timeout.unwrap_or(DEFAULT_TIMEOUT),

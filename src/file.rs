@@ -1,7 +1,8 @@
 //! Open file and directory handles.
 //!
 //! The FUSE file handle is a key into a sharded map; the value holds what the
-//! open needs afterwards: the layer fd of a file, or the snapshot listing of a
+//! open needs afterwards: the layer fd of a file (or, for a file of a tar
+//! layer, its bytes in the mapped archive), or the snapshot listing of a
 //! directory.
 
 use std::io;
@@ -16,13 +17,13 @@ use parking_lot::RwLock;
 use crate::copy_up::UPPER;
 use crate::fs::{Strata, errno};
 use crate::inode::{Node, NodeState, Served};
-use crate::layer::Stat;
+use crate::layer::{FileData, MappedFile, Stat};
 use crate::readdir::MergedEntry;
 use crate::sys;
 
 #[derive(Debug)]
 pub struct OpenFile {
-    fd: RwLock<Arc<OwnedFd>>,
+    fd: RwLock<Data>,
     /// Opened for writing.
     writable: bool,
     /// Whether `fd` is the upper copy; a read-only open of a lower file is
@@ -59,23 +60,64 @@ impl Drop for Handle {
     }
 }
 
+/// What an open file reads through.
+#[derive(Debug, Clone)]
+pub enum Data {
+    Fd(Arc<OwnedFd>),
+    /// A tar layer's file, read-only: served from the mapping by the
+    /// daemon (FUSE passthrough needs an fd).
+    Mapped(MappedFile),
+}
+
+/// Bytes read: copied from an fd, or a range of a mapping.
+pub enum ReadBytes {
+    Owned(Vec<u8>),
+    Mapped(MappedFile),
+}
+
+impl std::ops::Deref for ReadBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBytes::Owned(v) => v,
+            ReadBytes::Mapped(m) => m,
+        }
+    }
+}
+
 impl OpenFile {
     pub fn new(fd: OwnedFd, on_upper: bool, writable: bool, node: Handle) -> OpenFile {
+        OpenFile::of_data(FileData::Fd(fd), on_upper, writable, node)
+    }
+
+    fn of_data(data: FileData, on_upper: bool, writable: bool, node: Handle) -> OpenFile {
         OpenFile {
-            fd: RwLock::new(Arc::new(fd)),
+            fd: RwLock::new(match data {
+                FileData::Fd(fd) => Data::Fd(Arc::new(fd)),
+                FileData::Mapped(m) => Data::Mapped(m),
+            }),
             writable,
             on_upper: AtomicBool::new(on_upper),
             node,
         }
     }
 
-    pub fn fd(&self) -> Arc<OwnedFd> {
-        self.fd.read().clone()
+    /// The file's fd; EBADF for a file read from a mapping (it is open
+    /// read-only, so nothing writes through it).
+    pub fn fd(&self) -> io::Result<Arc<OwnedFd>> {
+        match &*self.fd.read() {
+            Data::Fd(fd) => Ok(fd.clone()),
+            Data::Mapped(_) => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
     }
 
     /// Reads up to `size` bytes at `offset`, short only at end of file.
-    pub fn read(&self, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
-        let fd = self.fd();
+    pub fn read(&self, offset: u64, size: usize) -> std::io::Result<ReadBytes> {
+        let fd = match &*self.fd.read() {
+            Data::Fd(fd) => fd.clone(),
+            Data::Mapped(m) => return Ok(ReadBytes::Mapped(m.slice(offset, size as u64))),
+        };
         let mut buf = vec![0u8; size];
         let mut filled = 0;
         while filled < size {
@@ -86,7 +128,7 @@ impl OpenFile {
             filled += n;
         }
         buf.truncate(filled);
-        Ok(buf)
+        Ok(ReadBytes::Owned(buf))
     }
 }
 
@@ -189,25 +231,25 @@ impl Strata {
             state.top()
         };
         let layer = self.stack.get(top.layer);
-        let opened = layer.open(&top.path, (flags & PASSED_FLAGS) | (flags & libc::O_TRUNC));
+        let opened = layer.open_data(&top.path, (flags & PASSED_FLAGS) | (flags & libc::O_TRUNC));
         if !state.is_metacopy() {
             // The path is the node's only as long as no other request
             // deletes, renames or replaces the name. (The type too: a
             // whiteout put there may have been stat'ed into the node.)
             let now = match &opened {
-                Ok(fd) => sys::fstat(fd.as_fd()).map(Stat::from),
-                Err(_) => layer.stat(&top.path),
+                Ok(FileData::Fd(fd)) => sys::fstat(fd.as_fd()).map(Stat::from),
+                _ => layer.stat(&top.path),
             };
             if !now.is_ok_and(|st| is_node_object(node, &state, &st)) {
                 return Err(Errno::ENOENT);
             }
         }
-        let fd = opened.map_err(errno)?;
+        let data = opened.map_err(errno)?;
         if flags & libc::O_TRUNC != 0 {
             self.refresh(node);
         }
-        Ok(OpenFile::new(
-            fd,
+        Ok(OpenFile::of_data(
+            data,
             top.layer == UPPER && self.upper.is_some(),
             wants_write(flags),
             handle,
@@ -231,7 +273,13 @@ impl Strata {
         }
         let eligible = self.passthrough_on.load(Ordering::Relaxed)
             && (self.upper.is_none() || file.on_upper.load(Ordering::Acquire));
-        let fd = file.fd();
+        let Ok(fd) = file.fd() else {
+            log::debug!(
+                "no passthrough for inode {}: a tar layer's file, read from the mapping",
+                node.ino
+            );
+            return None;
+        };
         let backing = node.serve_through(eligible, || match register(&fd) {
             Ok(id) => Some(id),
             // No privilege for it (rootless): never again.
@@ -256,17 +304,66 @@ impl Strata {
         Some(backing)
     }
 
-    /// The fd to read through: switched to the upper copy if the file was
+    /// What to read through: switched to the upper copy if the file was
     /// copied up after this open (the copy-up opened it while its path was
     /// certain to be the copy's).
-    pub(crate) fn read_fd(&self, file: &OpenFile) -> Arc<OwnedFd> {
+    pub(crate) fn read_data(&self, file: &OpenFile) -> Data {
         if !file.on_upper.load(Ordering::Acquire)
             && let Some(copy) = file.node.node.upper_copy()
         {
-            *file.fd.write() = copy;
+            *file.fd.write() = Data::Fd(copy);
             file.on_upper.store(true, Ordering::Release);
         }
-        file.fd()
+        file.fd.read().clone()
+    }
+
+    /// fsync of an open file (nothing to do for one read from a mapping).
+    pub(crate) fn sync_file(&self, file: &OpenFile, data_only: bool) -> io::Result<()> {
+        match self.read_data(file) {
+            Data::Fd(fd) => sys::fsync(fd.as_fd(), data_only),
+            Data::Mapped(_) => Ok(()),
+        }
+    }
+
+    /// lseek of an open file; a file read from a mapping has no holes.
+    pub(crate) fn seek_file(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        whence: i32,
+    ) -> io::Result<Option<u64>> {
+        match self.read_data(file) {
+            Data::Fd(fd) => sys::lseek(fd.as_fd(), offset, whence),
+            Data::Mapped(m) => match whence {
+                _ if offset >= m.len() as u64 => Ok(None),
+                libc::SEEK_DATA => Ok(Some(offset)),
+                libc::SEEK_HOLE => Ok(Some(m.len() as u64)),
+                _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            },
+        }
+    }
+
+    /// copy_file_range from an open file to another: written out from the
+    /// mapping for a file read from one.
+    pub(crate) fn copy_file(
+        &self,
+        input: &OpenFile,
+        offset_in: u64,
+        output: &OpenFile,
+        offset_out: u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        let dst = output.fd()?;
+        match self.read_data(input) {
+            Data::Fd(src) => {
+                sys::copy_file_range(src.as_fd(), offset_in, dst.as_fd(), offset_out, len)
+            }
+            Data::Mapped(m) => {
+                let bytes = m.slice(offset_in, len as u64);
+                sys::pwrite_all(dst.as_fd(), &bytes, offset_out)?;
+                Ok(bytes.len())
+            }
+        }
     }
 
     /// fsyncdir: the upper copy of a directory (nothing else ever changes).
@@ -309,7 +406,7 @@ impl Strata {
         offset: u64,
         data: &[u8],
     ) -> Result<(), Errno> {
-        let fd = file.fd();
+        let fd = file.fd().map_err(errno)?;
         sys::pwrite_all(fd.as_fd(), data, offset).map_err(errno)?;
         self.refresh_from_fd(ino, fd.as_fd());
         Ok(())
@@ -334,7 +431,7 @@ impl Strata {
                 return Err(Errno::EISDIR);
             }
             let writable = match change.fh.and_then(|fh| self.files.get(fh)) {
-                Some(file) if file.on_upper.load(Ordering::Acquire) => file.fd(),
+                Some(file) if file.on_upper.load(Ordering::Acquire) => file.fd().map_err(errno)?,
                 _ => Arc::new(sys::reopen(fd.as_fd(), libc::O_WRONLY).map_err(errno)?),
             };
             sys::ftruncate(writable.as_fd(), size).map_err(errno)?;

@@ -38,6 +38,9 @@ use crate::xattr;
 pub struct FsConfig {
     /// Top first.
     pub lowerdirs: Vec<PathBuf>,
+    /// Lower layers already open (an image's tar layers), top first,
+    /// below `lowerdirs`.
+    pub lower_layers: Vec<Arc<dyn Layer>>,
     pub upperdir: Option<PathBuf>,
     /// Given exactly when `upperdir` is.
     pub workdir: Option<PathBuf>,
@@ -137,6 +140,7 @@ impl Strata {
                 let layer = DirLayer::open(p).map_err(|e| layer_error(p, e))?;
                 Ok(Arc::new(layer.read_only()) as Arc<dyn Layer>)
             })
+            .chain(config.lower_layers.iter().cloned().map(Ok))
             .collect::<io::Result<Vec<_>>>()?;
         let mut stack = LayerStack::new(
             upper.as_ref().map(|u| u.layer.clone() as Arc<dyn Layer>),
@@ -201,7 +205,7 @@ impl Strata {
         }
     }
 
-    fn attr(&self, node: &Node) -> FileAttr {
+    pub(crate) fn attr(&self, node: &Node) -> FileAttr {
         if node.written_directly() {
             self.refresh(node); // the kernel wrote it through passthrough
         }
@@ -399,7 +403,7 @@ impl fuser::Filesystem for Strata {
             let Some(file) = self.files.get(fh.0) else {
                 return reply.error(Errno::EBADF);
             };
-            self.read_fd(&file);
+            self.read_data(&file);
             match file.read(offset, size as usize) {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
@@ -591,6 +595,16 @@ impl fuser::Filesystem for Strata {
         self.on_paths(|| {
             if self.noxattrs {
                 return reply.error(Errno::ENOTSUP);
+            }
+            if name == crate::tools::inspect::XATTR {
+                // Virtual and read-only: where the node comes from.
+                return match self
+                    .node(ino)
+                    .and_then(|n| self.layer_xattr(&n).map_err(errno))
+                {
+                    Ok(value) => Self::reply_xattr(reply, &value, size),
+                    Err(e) => reply.error(e),
+                };
             }
             if xattr::is_internal(name.as_bytes()) {
                 return reply.error(Errno::from_i32(xattr::INTERNAL_READ_ERRNO));
@@ -851,10 +865,7 @@ impl fuser::Filesystem for Strata {
             if !self.fsync {
                 return reply.ok();
             }
-            reply_empty(
-                reply,
-                sys::fsync(self.read_fd(&file).as_fd(), datasync).map_err(errno),
-            );
+            reply_empty(reply, self.sync_file(&file, datasync).map_err(errno));
         });
     }
 
@@ -891,7 +902,10 @@ impl fuser::Filesystem for Strata {
             let Some(file) = self.files.get(fh.0) else {
                 return reply.error(Errno::EBADF);
             };
-            let fd = file.fd();
+            let fd = match file.fd() {
+                Ok(fd) => fd,
+                Err(e) => return reply.error(errno(e)),
+            };
             let result = sys::fallocate(fd.as_fd(), mode, offset, length).map_err(errno);
             self.refresh_from_fd(ino, fd.as_fd());
             reply_empty(reply, result);
@@ -911,7 +925,7 @@ impl fuser::Filesystem for Strata {
             let Some(file) = self.files.get(fh.0) else {
                 return reply.error(Errno::EBADF);
             };
-            let result = sys::lseek(self.read_fd(&file).as_fd(), offset as u64, whence);
+            let result = self.seek_file(&file, offset as u64, whence);
             match result {
                 Ok(Some(pos)) => reply.offset(pos as i64),
                 Ok(None) => reply.error(Errno::ENXIO),
@@ -938,18 +952,11 @@ impl fuser::Filesystem for Strata {
             else {
                 return reply.error(Errno::EBADF);
             };
-            let src = self.read_fd(&input);
             let result = (|| {
-                let dst = output.fd();
-                let n = sys::copy_file_range(
-                    src.as_fd(),
-                    offset_in,
-                    dst.as_fd(),
-                    offset_out,
-                    len.min(u32::MAX as u64) as usize,
-                )?;
-                self.refresh_from_fd(ino_out, dst.as_fd());
-                Ok(n)
+                let len = len.min(u32::MAX as u64) as usize;
+                let n = self.copy_file(&input, offset_in, &output, offset_out, len)?;
+                self.refresh_from_fd(ino_out, output.fd()?.as_fd());
+                Ok::<_, io::Error>(n)
             })();
             match result {
                 Ok(n) => reply.written(n as u32),

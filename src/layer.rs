@@ -3,8 +3,9 @@
 //!
 //! A layer answers questions about paths *relative to its own root*: "what is
 //! `name` in `dir`?", "list `dir`", "open `path`". Lookup and readdir only talk
-//! to the [`Layer`] trait, so a directory backs a layer today ([`DirLayer`])
-//! and an indexed tar archive can back one later without them noticing.
+//! to the [`Layer`] trait, so a directory ([`DirLayer`]) and an indexed tar
+//! archive ([`TarLayer`](crate::tar::TarLayer)) back layers without them
+//! noticing. File data is the one place the two differ: [`FileData`].
 //!
 //! Formats understood by every layer:
 //! - whiteout: a character device 0/0 (kernel overlayfs), or a `.wh.NAME`
@@ -80,6 +81,58 @@ pub fn whiteout_name_for(name: &[u8]) -> CString {
     v.extend_from_slice(WHITEOUT_PREFIX);
     v.extend_from_slice(name);
     CString::new(v).expect("names never contain NUL")
+}
+
+/// What a layer holds under `name`, given the object its directory has
+/// there (`found`) and, asked only when it matters, whether the directory
+/// also has the name's `.wh.` file (`has`): the one rule every kind of
+/// layer follows.
+pub fn probe_of(
+    name: &[u8],
+    found: Option<Stat>,
+    has: impl FnOnce(&CStr) -> io::Result<bool>,
+) -> io::Result<Probe> {
+    if let Some(stat) = &found
+        && stat.is_whiteout()
+    {
+        return Ok(Probe::Whiteout);
+    }
+    // A `.wh.` name longer than NAME_MAX cannot exist: don't ask.
+    let oci_whiteout =
+        name.len() + WHITEOUT_PREFIX.len() <= NAME_MAX && has(&whiteout_name_for(name))?;
+    Ok(match found {
+        Some(stat) => Probe::Found {
+            stat,
+            hides_lower: oci_whiteout,
+        },
+        None if oci_whiteout => Probe::Whiteout,
+        None => Probe::Absent,
+    })
+}
+
+/// What a name stored in a layer directory stands for (the OCI/AUFS
+/// format; every kind of layer sorts its names with this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRole<'a> {
+    /// `.wh..wh..opq`: the directory is opaque.
+    OpaqueMarker,
+    /// `.wh.NAME`: NAME is deleted in the layers below.
+    Whiteout(&'a [u8]),
+    /// Another `.wh..wh.*` name: AUFS bookkeeping, never shown.
+    Hidden,
+    /// An ordinary name.
+    Entry,
+}
+
+pub fn name_role(name: &[u8]) -> NameRole<'_> {
+    if name == OPAQUE_MARKER {
+        return NameRole::OpaqueMarker;
+    }
+    match name.strip_prefix(WHITEOUT_PREFIX) {
+        Some(target) if target.starts_with(WHITEOUT_PREFIX) => NameRole::Hidden,
+        Some(target) => NameRole::Whiteout(target),
+        None => NameRole::Entry,
+    }
 }
 
 /// A path relative to a layer's root: `.` for the root itself, else
@@ -267,6 +320,70 @@ pub struct Listing {
     pub opaque_marker: bool,
 }
 
+/// The bytes of a regular file held in a read-only mapping: a file of a
+/// tar layer, a range of the mapped archive. Cheap to clone.
+#[derive(Clone)]
+pub struct MappedFile {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl MappedFile {
+    /// `len` bytes of `map` from `start`; EIO where they are not all in it.
+    pub fn new(map: Arc<memmap2::Mmap>, start: u64, len: u64) -> io::Result<MappedFile> {
+        let fits = start
+            .checked_add(len)
+            .is_some_and(|end| end <= map.len() as u64);
+        if !fits {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(MappedFile {
+            map,
+            start: start as usize,
+            len: len as usize,
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    /// Up to `len` bytes from `offset` of this file (fewer at its end).
+    pub fn slice(&self, offset: u64, len: u64) -> MappedFile {
+        let offset = offset.min(self.len as u64) as usize;
+        let len = len.min((self.len - offset) as u64) as usize;
+        MappedFile {
+            map: self.map.clone(),
+            start: self.start + offset,
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MappedFile({}+{})", self.start, self.len)
+    }
+}
+
+/// Where the data of a regular file opened in a layer is read from.
+#[derive(Debug)]
+pub enum FileData {
+    /// An fd of the layer's file (a directory layer).
+    Fd(OwnedFd),
+    /// Its bytes in memory (a tar layer, which has no fd to give).
+    Mapped(MappedFile),
+}
+
 /// A layer of the stack. All paths are relative to the layer's root, and no
 /// implementation may resolve them outside it.
 pub trait Layer: Send + Sync + fmt::Debug {
@@ -289,6 +406,11 @@ pub trait Layer: Send + Sync + fmt::Debug {
     fn readlink(&self, path: &RelPath) -> io::Result<Vec<u8>>;
     /// Opens `path` (never following a symlink) with `flags`.
     fn open(&self, path: &RelPath, flags: i32) -> io::Result<OwnedFd>;
+    /// Opens regular file `path` to read its data: an fd (from `open`), or
+    /// the bytes themselves for a layer that has no fds (a tar layer).
+    fn open_data(&self, path: &RelPath, flags: i32) -> io::Result<FileData> {
+        self.open(path, flags).map(FileData::Fd)
+    }
     /// One extended attribute of `path`.
     fn get_xattr(&self, path: &RelPath, name: &CStr) -> io::Result<Vec<u8>>;
     /// The NUL-separated extended attribute names of `path`.
@@ -455,21 +577,8 @@ impl Layer for DirLayer {
             Err(e) => return Err(e),
         };
         let found = stat_in(&dirfd, &cstring(name)?)?;
-        if let Some(stat) = found
-            && stat.is_whiteout()
-        {
-            return Ok(Probe::Whiteout);
-        }
-        // A `.wh.` name longer than NAME_MAX cannot exist: don't ask.
-        let oci_whiteout = name.len() + WHITEOUT_PREFIX.len() <= NAME_MAX
-            && stat_in(&dirfd, &whiteout_name_for(name.as_bytes()))?.is_some();
-        Ok(match found {
-            Some(stat) => Probe::Found {
-                stat,
-                hides_lower: oci_whiteout,
-            },
-            None if oci_whiteout => Probe::Whiteout,
-            None => Probe::Absent,
+        probe_of(name.as_bytes(), found, |wh| {
+            Ok(stat_in(&dirfd, wh)?.is_some())
         })
     }
 
@@ -604,17 +713,17 @@ impl DirLayer {
         if name == b"." || name == b".." {
             return Ok(());
         }
-        if name == OPAQUE_MARKER {
-            out.opaque_marker = true;
-            return Ok(());
-        }
-        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-            // `.wh..wh.*` names other than the opaque marker are AUFS
-            // bookkeeping, not whiteouts; hide them either way.
-            if !target.starts_with(WHITEOUT_PREFIX) {
-                out.whiteouts.push(OsString::from_vec(target.to_vec()));
+        match name_role(name) {
+            NameRole::OpaqueMarker => {
+                out.opaque_marker = true;
+                return Ok(());
             }
-            return Ok(());
+            NameRole::Whiteout(target) => {
+                out.whiteouts.push(OsString::from_vec(target.to_vec()));
+                return Ok(());
+            }
+            NameRole::Hidden => return Ok(()),
+            NameRole::Entry => {}
         }
         let kind = match raw.d_type {
             libc::DT_DIR => FileType::Directory,

@@ -24,6 +24,8 @@
 //! | [`fs`] | the `fuser::Filesystem` dispatcher |
 //! | [`daemon`] | mounting, detaching from the caller, clean shutdown |
 //! | [`sys`] | the only `unsafe`: thin syscall wrappers |
+//! | [`tar`] | tar archives as layers: the index, [`tar::TarLayer`] |
+//! | [`tools`] | `strata inspect`, `diff`, `mount-image`: the layer tools |
 
 pub mod acl;
 pub mod copy_up;
@@ -44,4 +46,6 @@ pub mod refresh;
 pub mod rename;
 pub mod stat_override;
 pub mod sys;
+pub mod tar;
+pub mod tools;
 pub mod xattr;

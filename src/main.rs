@@ -3,11 +3,17 @@
 use std::process::ExitCode;
 
 use strata::options::{self, Command};
-use strata::{daemon, sys};
+use strata::{daemon, sys, tools};
 
 fn main() -> ExitCode {
     let inherited = sys::inherited_fds();
-    let args = std::env::args_os().skip(1);
+    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
+    if let Some(tool) = args.first().and_then(|a| a.to_str())
+        && tools::NAMES.contains(&tool)
+    {
+        let tool = tool.to_owned();
+        return tools::run(&tool, args.split_off(1));
+    }
     let config = match options::parse_args(args, sys::geteuid() == 0) {
         Ok(Command::Version) => {
             println!("strata {}", env!("CARGO_PKG_VERSION"));

@@ -728,3 +728,12 @@ pub fn clear_umask() {
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0) };
 }
+
+/// Maps `file` (opened read-only) whole, read-only: the layer tars of
+/// `strata mount-image`.
+pub fn map_read_only(file: &std::fs::File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: a private read-only mapping of a file strata opened read-only
+    // and never writes; like every layer, it must not change under a mount
+    // (see README: "Lower layers must not change under a mount").
+    unsafe { memmap2::Mmap::map(file) }
+}

@@ -81,6 +81,26 @@ mod validate;
 pub use parse::parse_args;
 pub use validate::{drop_context_without_selinux, validate};
 
+/// `lowerdir=`'s value read as a mount reads it (for the layer tools'
+/// command lines): paths top first, `\:` a literal colon.
+pub fn parse_layer_list(value: &[u8]) -> Result<Vec<PathBuf>, OptionsError> {
+    parse::parse_lowerdirs(value)
+}
+
+/// A `uidmapping=` / `gidmapping=` value (`option` names it in errors),
+/// read as a mount reads it.
+pub fn parse_id_mapping_value(
+    option: &'static str,
+    value: &[u8],
+) -> Result<Vec<IdMapping>, OptionsError> {
+    parse::parse_id_mappings(option, Some(value))
+}
+
+/// An `xattr_permissions=` value (0, 1 or 2), read as a mount reads it.
+pub fn parse_xattr_permissions_value(value: &[u8]) -> Result<u8, OptionsError> {
+    parse::parse_xattr_permissions(Some(value))
+}
+
 // ---------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------

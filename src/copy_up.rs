@@ -250,13 +250,7 @@ impl Strata {
         let tmp = upper.tmp_name();
         sys::mkdirat(upper.work(), &tmp, 0o700)?;
         let result = (|| -> io::Result<()> {
-            let fd = sys::openat2(
-                upper.work(),
-                &tmp,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-                sys::RESOLVE_IN_LAYER,
-            )?;
+            let fd = open_dir_in(upper.work(), &tmp)?;
             copy_metadata(self.stack.get(src.layer), &src.path, stat, fd.as_fd())?;
             let pfd = upper.dir_fd(parent)?;
             keeping_times(pfd.as_fd(), || {
@@ -556,6 +550,17 @@ pub(crate) fn keeping_times(
     let before: Stat = sys::fstat(dir)?.into();
     change()?;
     sys::futimens_any(dir, Some(Some(before.atime)), Some(Some(before.mtime)))
+}
+
+/// An O_PATH fd of directory `name` in `dir`, never following a symlink.
+pub(crate) fn open_dir_in(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    sys::openat2(
+        dir,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_IN_LAYER,
+    )
 }
 
 /// An O_PATH fd of `name` in `dir`, never following a symlink.

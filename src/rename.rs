@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use fuser::{Errno, FileType, INodeNo};
 
-use crate::copy_up::{UPPER, Upper, copy_metadata, remove_tree};
+use crate::copy_up::{UPPER, Upper, copy_metadata, open_dir_in, remove_tree};
 use crate::dir::{
     UpperEntry, check_name, cstr, make_opaque, oci_whiteout_first, upper_entry, xattr_refused,
 };
@@ -56,13 +56,7 @@ fn clear_merged_dir(upper: &Upper, parent: &RelPath, name: &OsStr) -> io::Result
     let tmp = upper.tmp_name();
     sys::mkdirat(upper.work(), &tmp, 0o700)?;
     let swapped = (|| -> io::Result<bool> {
-        let fd = sys::openat2(
-            upper.work(),
-            &tmp,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-            sys::RESOLVE_IN_LAYER,
-        )?;
+        let fd = open_dir_in(upper.work(), &tmp)?;
         let mut opaque = false;
         for x in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
             match sys::fsetxattr_any(fd.as_fd(), x, b"y", 0) {
@@ -284,15 +278,19 @@ impl Strata {
             .as_ref()
             .filter(|_| dst_in_upper && !exchange)
             .and_then(|d| self.pin_if_open(d, &new_dir.state().path, new_name));
+        // The two names swapped in one step.
+        let exchange_names = || {
+            sys::renameat2(
+                pfd.as_fd(),
+                &cname,
+                npfd.as_fd(),
+                &cnew,
+                libc::RENAME_EXCHANGE,
+            )
+        };
         let result = (|| -> io::Result<()> {
             if exchange {
-                return sys::renameat2(
-                    pfd.as_fd(),
-                    &cname,
-                    npfd.as_fd(),
-                    &cnew,
-                    libc::RENAME_EXCHANGE,
-                );
+                return exchange_names();
             }
             let target = upper_entry(npfd.as_fd(), new_name)?;
             // An empty merged directory as the target: its upper copy holds
@@ -316,13 +314,7 @@ impl Strata {
                 // making a new one let the lower source show through in
                 // between, which a crash could keep.)
                 UpperEntry::Whiteout if src_is_dir => {
-                    sys::renameat2(
-                        pfd.as_fd(),
-                        &cname,
-                        npfd.as_fd(),
-                        &cnew,
-                        libc::RENAME_EXCHANGE,
-                    )?;
+                    exchange_names()?;
                     if src_needs_whiteout {
                         return Ok(());
                     }
@@ -333,13 +325,7 @@ impl Strata {
                 UpperEntry::Present { is_dir: true }
                     if src_is_dir && dst_merged_dir && !cleared =>
                 {
-                    sys::renameat2(
-                        pfd.as_fd(),
-                        &cname,
-                        npfd.as_fd(),
-                        &cnew,
-                        libc::RENAME_EXCHANGE,
-                    )?;
+                    exchange_names()?;
                     remove_tree(&upper.layer, &dir.state().path, name)?;
                 }
                 UpperEntry::OciWhiteout => {

@@ -78,7 +78,7 @@ mod tests_parse;
 mod tests_validate;
 mod validate;
 
-pub use parse::parse_args;
+pub use parse::{parse_args, split_option_list};
 pub use validate::{drop_context_without_selinux, validate};
 
 /// `lowerdir=`'s value read as a mount reads it (for the layer tools'

@@ -194,7 +194,7 @@ pub(super) fn finish(mut config: Config) -> Result<Config, OptionsError> {
 /// Splits one `-o` argument into its items (see the module documentation):
 /// commas separate, except inside double quotes or right after a backslash;
 /// empty items are dropped.
-pub(super) fn split_option_list(list: &[u8]) -> Result<Vec<&[u8]>, OptionsError> {
+pub fn split_option_list(list: &[u8]) -> Result<Vec<&[u8]>, OptionsError> {
     let mut items = Vec::new();
     let mut rest = list;
     loop {

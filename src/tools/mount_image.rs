@@ -70,34 +70,13 @@ struct Cli {
     help: bool,
 }
 
-/// Splits one `-o` list into its items as the mount options do: commas
-/// separate, except inside double quotes or after a backslash.
-fn split_items(list: &[u8]) -> Vec<&[u8]> {
-    let mut items = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, &b) in list.iter().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' => escaped = true,
-            b'"' => quoted = !quoted,
-            b',' if !quoted => {
-                items.push(&list[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    items.push(&list[start..]);
-    items.into_iter().filter(|i| !i.is_empty()).collect()
-}
-
 fn parse_cli(args: Vec<OsString>) -> R<Cli> {
     let mut cli = Cli::default();
     let mut positionals = Vec::new();
     let mut args = args.into_iter();
     fn option_list(cli: &mut Cli, list: &[u8]) -> R<()> {
         let mut kept = Vec::new();
-        for item in split_items(list) {
+        for item in options::split_option_list(list).map_err(|e| e.to_string())? {
             let key = item.split(|&b| b == b'=').next().unwrap_or(item);
             match key {
                 b"cache" => match item.get(6..).filter(|v| !v.is_empty()) {
@@ -857,7 +836,10 @@ mod tests {
         );
         assert!(parse_cli(os(&["-o", "cache=", "a", "b"])).is_err());
         assert!(parse_cli(os(&["--help"])).unwrap().help);
-        assert_eq!(split_items(b"a\\,b,c"), [&b"a\\,b"[..], b"c"]);
+        // Items split as a mount splits them: `\,` stays inside one.
+        let cli = parse_cli(os(&["-o", "a\\,b,cache=/c", "i", "m"])).unwrap();
+        assert_eq!(cli.cache, Some(PathBuf::from("/c")));
+        assert_eq!(cli.mount_args, os(&["-o", "a\\,b", "--", "m"]));
     }
 
     #[test]

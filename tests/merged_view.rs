@@ -775,3 +775,86 @@ fn mount_error_is_reported() {
     );
     assert!(lines[0].len() > 5, "{lines:?}");
 }
+
+/// Every name a layer holds (whiteouts as the names they delete, so
+/// deleted names are asked for too), plus one no layer holds in each
+/// directory, relative to the layer roots.
+fn names_in_layers(layers: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut names = BTreeSet::new();
+    let mut dirs: Vec<PathBuf> = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        names.insert(rel.join("no-such-name"));
+        for layer in layers {
+            let Ok(list) = fs::read_dir(layer.join(&rel)) else {
+                continue;
+            };
+            for entry in list.map(Result::unwrap) {
+                let name = entry.file_name();
+                let shown = match name.to_str().and_then(|n| n.strip_prefix(".wh.")) {
+                    Some(".wh..opq") => continue,
+                    Some(target) => OsString::from(target),
+                    None => name,
+                };
+                let path = rel.join(&shown);
+                if entry.file_type().unwrap().is_dir() && !dirs.contains(&path) {
+                    dirs.push(path.clone());
+                }
+                names.insert(path);
+            }
+        }
+    }
+    names
+}
+
+/// Lookups that no readdir came before: the first one in a directory
+/// probes each layer, later ones use the names the layer directory was
+/// listed for (see src/layer/names.rs). Each name's lstat (or errno), in an
+/// order that visits directories again and again, against the kernel's.
+#[test]
+fn lookups_without_readdir() {
+    let fx = prepare_fixture();
+    for form in [Form::Kernel, Form::Oci] {
+        let mut names: Vec<PathBuf> = names_in_layers(&layer_dirs(fx.path(), form))
+            .into_iter()
+            .collect();
+        assert!(names.len() > 50, "the fixture has {} names", names.len());
+        // Deterministic, and not directory by directory.
+        let mut rng = XorShift::new(7);
+        for i in (1..names.len()).rev() {
+            names.swap(i, rng.below(i + 1));
+        }
+        let kernel = KernelOverlay::mount(&MountSpec::fixture(fx.path(), Form::Kernel));
+        let strata = StrataMount::mount(&MountSpec::fixture(fx.path(), form));
+        let mut problems = Vec::new();
+        let mut found = 0;
+        for name in &names {
+            let (k, s) = (kernel.path().join(name), strata.path().join(name));
+            let (want, got) = (fs::symlink_metadata(&k), fs::symlink_metadata(&s));
+            match (&want, &got) {
+                (Ok(_), Ok(_)) => {
+                    found += 1;
+                    let (want, got) = (record_for(&k).summary(), record_for(&s).summary());
+                    if want != got {
+                        problems.push(format!("{}: kernel {want}, strata {got}", name.display()));
+                    }
+                }
+                _ if errno(&want) == errno(&got) => {}
+                _ => problems.push(format!(
+                    "{}: kernel {:?}, strata {:?}",
+                    name.display(),
+                    want.map(|m| m.mode()),
+                    got.map(|m| m.mode())
+                )),
+            }
+        }
+        assert!(
+            found * 3 > names.len(),
+            "{found} of {} names found",
+            names.len()
+        );
+        assert_no_problems(
+            &format!("lookups without readdir, {}", label(form)),
+            &problems,
+        );
+    }
+}

@@ -3,17 +3,14 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lru::LruCache;
-use parking_lot::Mutex;
-
 use fuser::FileType;
 
+use super::names::{CachedDir, DirCache, DirNames, LIST_FOR_PROBES_MAX_SIZE};
 use super::{
     DirMarks, FileMarks, Layer, Listing, METACOPY_XATTRS, NameRole, OPAQUE_MARKER, OPAQUE_XATTRS,
     Probe, REDIRECT_XATTRS, RawEntry, RelPath, Stat, is_absent, name_role, probe_of,
@@ -26,14 +23,10 @@ pub struct DirLayer {
     source: PathBuf,
     root: OwnedFd,
     root_dev: u64,
-    /// For a lower layer (it never changes under a mount): the O_PATH fds
-    /// of the directories probed lately, so a lookup costs one `fstatat`
-    /// per layer instead of an `openat2` and an `fstatat`.
-    dirs: Option<Mutex<LruCache<RelPath, Arc<OwnedFd>>>>,
+    /// For a lower layer (it never changes under a mount): the directories
+    /// probed lately, their O_PATH fds and names (see [`super::names`]).
+    dirs: Option<DirCache>,
 }
-
-/// Directories whose fds a lower layer keeps open.
-const DIR_FDS_PER_LAYER: usize = 128;
 
 impl DirLayer {
     /// Opens `path` as a layer. The path is resolved by the kernel exactly as
@@ -54,22 +47,49 @@ impl DirLayer {
     /// Keeps the fds of directories it probes (only for a layer that does
     /// not change while mounted: a lower one).
     pub fn read_only(mut self) -> DirLayer {
-        let capacity = NonZeroUsize::new(DIR_FDS_PER_LAYER).expect("non-zero");
-        self.dirs = Some(Mutex::new(LruCache::new(capacity)));
+        self.dirs = Some(DirCache::new());
         self
     }
 
-    /// An O_PATH fd of directory `dir`, from the cache when there is one.
-    fn probe_dir(&self, dir: &RelPath) -> io::Result<Arc<OwnedFd>> {
+    /// Directory `dir` (an O_PATH fd), from the cache when there is one.
+    fn probe_dir(&self, dir: &RelPath) -> io::Result<Arc<CachedDir>> {
         let Some(cache) = &self.dirs else {
-            return Ok(Arc::new(self.open_dir(dir, libc::O_PATH)?));
+            return Ok(Arc::new(CachedDir::new(self.open_dir(dir, libc::O_PATH)?)));
         };
-        if let Some(fd) = cache.lock().get(dir) {
-            return Ok(fd.clone());
+        match cache.get(dir) {
+            Some(known) => Ok(known),
+            None => Ok(cache.insert(dir, self.open_dir(dir, libc::O_PATH)?)),
         }
-        let fd = Arc::new(self.open_dir(dir, libc::O_PATH)?);
-        cache.lock().put(dir.clone(), fd.clone());
-        Ok(fd)
+    }
+
+    /// The names of cached directory `entry` (`dir`) if known, listing it
+    /// now if it is time to (see [`super::names`]).
+    fn names_for_probe<'a>(
+        &self,
+        dir: &RelPath,
+        entry: &'a Arc<CachedDir>,
+    ) -> io::Result<Option<&'a DirNames>> {
+        let Some(cache) = &self.dirs else {
+            return Ok(None);
+        };
+        if entry.wants_listing() {
+            let small = sys::fstat(entry.fd.as_fd())?.st_size <= LIST_FOR_PROBES_MAX_SIZE;
+            let names = match small {
+                true => DirNames::of(&self.list_dir(&entry.fd)?),
+                false => None,
+            };
+            cache.set_names(dir, entry, names);
+        }
+        Ok(entry.names())
+    }
+
+    /// The listing of the directory open as O_PATH `fd`.
+    fn list_dir(&self, fd: &OwnedFd) -> io::Result<Listing> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let fd = sys::openat2(fd.as_fd(), c".", flags, 0, sys::RESOLVE_IN_LAYER)?;
+        let mut listing = Listing::default();
+        for_each_dirent(&fd, |raw| self.classify(&fd, raw, &mut listing))?;
+        Ok(listing)
     }
 
     /// A layer over an already open directory fd.
@@ -160,8 +180,8 @@ impl Layer for DirLayer {
     }
 
     fn probe(&self, dir: &RelPath, name: &OsStr) -> io::Result<Probe> {
-        let dirfd = match self.probe_dir(dir) {
-            Ok(fd) => fd,
+        let entry = match self.probe_dir(dir) {
+            Ok(entry) => entry,
             // ELOOP: a symlink stands where the directory would be, so this
             // layer has no such directory.
             Err(e) if is_absent(&e) || e.raw_os_error() == Some(libc::ELOOP) => {
@@ -169,10 +189,18 @@ impl Layer for DirLayer {
             }
             Err(e) => return Err(e),
         };
-        let found = stat_in(&dirfd, &cstring(name)?)?;
-        probe_of(name.as_bytes(), found, |wh| {
-            Ok(stat_in(&dirfd, wh)?.is_some())
-        })
+        let dirfd = &entry.fd;
+        let bytes = name.as_bytes();
+        if let Some(names) = self.names_for_probe(dir, &entry)? {
+            // Stat only what is there; whiteouts are known.
+            let found = match names.has_entry(bytes) {
+                true => stat_in(dirfd, &cstring(name)?)?,
+                false => None,
+            };
+            return probe_of(bytes, found, |_| Ok(names.has_whiteout(bytes)));
+        }
+        let found = stat_in(dirfd, &cstring(name)?)?;
+        probe_of(bytes, found, |wh| Ok(stat_in(dirfd, wh)?.is_some()))
     }
 
     fn file_marks(&self, path: &RelPath) -> io::Result<FileMarks> {
@@ -181,7 +209,7 @@ impl Layer for DirLayer {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         // From the (cached) directory fd: no open of the file itself
         // unless it is metadata-only.
-        let names = match sys::llistxattr_in(self.probe_dir(&dir)?.as_fd(), &cstring(name)?) {
+        let names = match sys::llistxattr_in(self.probe_dir(&dir)?.fd.as_fd(), &cstring(name)?) {
             Ok(names) => names,
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(FileMarks::default()),
             Err(e) => return Err(e),
@@ -201,9 +229,14 @@ impl Layer for DirLayer {
     }
 
     fn dir_marks(&self, dir: &RelPath) -> io::Result<DirMarks> {
-        let fd = self.probe_dir(dir)?;
+        let entry = self.probe_dir(dir)?;
+        let fd = &entry.fd;
+        let opaque_marker = match entry.names() {
+            Some(names) => names.opaque_marker,
+            None => stat_in(fd, &cstring(OsStr::from_bytes(OPAQUE_MARKER))?)?.is_some(),
+        };
         let mut marks = DirMarks {
-            opaque: stat_in(&fd, &cstring(OsStr::from_bytes(OPAQUE_MARKER))?)?.is_some(),
+            opaque: opaque_marker,
             redirect: None,
         };
         let names = match sys::flistxattr(fd.as_fd()) {
@@ -231,9 +264,18 @@ impl Layer for DirLayer {
     }
 
     fn list(&self, dir: &RelPath) -> io::Result<Listing> {
-        let fd = self.open_dir(dir, libc::O_RDONLY)?;
-        let mut listing = Listing::default();
-        for_each_dirent(&fd, |raw| self.classify(&fd, raw, &mut listing))?;
+        let Some(cache) = &self.dirs else {
+            let fd = self.open_dir(dir, libc::O_RDONLY)?;
+            let mut listing = Listing::default();
+            for_each_dirent(&fd, |raw| self.classify(&fd, raw, &mut listing))?;
+            return Ok(listing);
+        };
+        // A lower directory: what a readdir lists, later lookups need.
+        let entry = self.probe_dir(dir)?;
+        let listing = self.list_dir(&entry.fd)?;
+        if entry.names().is_none() {
+            cache.set_names(dir, &entry, DirNames::of(&listing));
+        }
         Ok(listing)
     }
 
@@ -263,7 +305,7 @@ impl Layer for DirLayer {
 
     fn forget_cached(&self) {
         if let Some(dirs) = &self.dirs {
-            dirs.lock().clear();
+            dirs.clear();
         }
     }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::FileType;
 
 mod dir;
+mod names;
 
 pub use dir::DirLayer;
 

@@ -1205,7 +1205,7 @@ pub fn dev_major_minor(dev: u64) -> (u32, u32) {
     )
 }
 
-fn record_for(path: &Path) -> Record {
+pub fn record_for(path: &Path) -> Record {
     let mut r = Record::default();
     let md = match fs::symlink_metadata(path) {
         Ok(md) => md,

@@ -7,8 +7,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use fuser::{BackingId, Errno, FileType, INodeNo, TimeOrNow};
@@ -466,10 +466,13 @@ impl Strata {
 
 #[derive(Debug)]
 pub struct OpenDir {
+    pub node: Arc<Node>,
     /// The directory's own inode and its parent's, for `.` and `..`.
     pub ino: u64,
     pub parent_ino: u64,
-    pub entries: Arc<[MergedEntry]>,
+    /// Listed at the first read, not at opendir (as the kernel does): where
+    /// the kernel keeps the listing (FOPEN_CACHE_DIR), no read may come.
+    pub entries: OnceLock<Arc<[MergedEntry]>>,
 }
 
 /// Handles of one kind, numbered from 1.

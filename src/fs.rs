@@ -28,7 +28,7 @@ use crate::inode::{InoMap, InodeTable, Node, ROOT_INO};
 use crate::layer::{DirLayer, Layer};
 use crate::lookup::LayerStack;
 use crate::namespace::Namespace;
-use crate::readdir::merged_listing;
+use crate::readdir::{MergedEntry, merged_listing};
 use crate::stat_override::{self, Format};
 use crate::sys;
 use crate::xattr;
@@ -236,15 +236,19 @@ impl Strata {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EROFS))
     }
 
-    fn open_dir(&self, node: &Node) -> io::Result<OpenDir> {
-        let state = self.dir_state(node);
+    /// The entries of open directory `dir`, listed now if not yet.
+    fn dir_entries(&self, dir: &OpenDir) -> io::Result<Arc<[MergedEntry]>> {
+        if let Some(entries) = dir.entries.get() {
+            return Ok(entries.clone());
+        }
+        if dir.node.is_gone() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT)); // as getdents says
+        }
+        let state = self.dir_state(&dir.node);
         let mut entries = merged_listing(&self.stack, &self.inos, &state)?;
         self.show_stand_ins(&state, &mut entries);
-        Ok(OpenDir {
-            ino: node.ino,
-            parent_ino: node.parent(),
-            entries: entries.into(),
-        })
+        // Reads of one handle come one at a time; if not, the first wins.
+        Ok(dir.entries.get_or_init(|| entries.into()).clone())
     }
 
     /// Runs a request that resolves paths in the layers (see
@@ -446,7 +450,12 @@ impl fuser::Filesystem for Strata {
                 if node.kind != FileType::Directory {
                     return Err(Errno::ENOTDIR);
                 }
-                self.open_dir(&node).map_err(errno)
+                Ok(OpenDir {
+                    ino: node.ino,
+                    parent_ino: node.parent(),
+                    node,
+                    entries: OnceLock::new(),
+                })
             });
             match result {
                 Ok(dir) => {
@@ -475,20 +484,22 @@ impl fuser::Filesystem for Strata {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        contained(|| {
+        self.on_paths(|| {
             let Some(dir) = self.dirs.get(fh.0) else {
                 return reply.error(Errno::EBADF);
+            };
+            let entries = match self.dir_entries(&dir) {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(errno(e)),
             };
             // Offsets: 0 = start, 1 = after ".", 2 = after "..", n = after entry n-3.
             let dots = [
                 (dir.ino, FileType::Directory, OsStr::new(".")),
                 (dir.parent_ino, FileType::Directory, OsStr::new("..")),
             ];
-            let all = dots.into_iter().chain(
-                dir.entries
-                    .iter()
-                    .map(|e| (e.ino, e.kind, e.name.as_os_str())),
-            );
+            let all = dots
+                .into_iter()
+                .chain(entries.iter().map(|e| (e.ino, e.kind, e.name.as_os_str())));
             for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
                 if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
                     break;
@@ -513,8 +524,12 @@ impl fuser::Filesystem for Strata {
             let Some(dir) = self.dirs.get(fh.0) else {
                 return reply.error(Errno::EBADF);
             };
+            let entries = match self.dir_entries(&dir) {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(errno(e)),
+            };
             let dot_attr = |ino: u64| self.node(INodeNo(ino)).map(|n| self.attr(&n)).ok();
-            for i in offset as usize..dir.entries.len() + 2 {
+            for i in offset as usize..entries.len() + 2 {
                 let next = i as u64 + 1;
                 let full = match i {
                     0 | 1 => {
@@ -527,7 +542,7 @@ impl fuser::Filesystem for Strata {
                         reply.add(INodeNo(ino), next, name, &self.ttl, &attr, Generation(0))
                     }
                     _ => {
-                        let entry = &dir.entries[i - 2];
+                        let entry = &entries[i - 2];
                         match self.lookup_node(INodeNo(dir.ino), &entry.name) {
                             Ok(Some(node)) => {
                                 let attr = self.attr(&node);

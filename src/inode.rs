@@ -143,6 +143,10 @@ impl Node {
         self.gone.store(true, Ordering::Release);
     }
 
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
     /// A file handle of this node was opened (as `Plain` until
     /// [`Node::serve_through`] says otherwise). Counted before the open
     /// reads the node's state, so a concurrent copy-up either is seen by

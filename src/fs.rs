@@ -292,10 +292,13 @@ fn negative_attr() -> FileAttr {
 
 impl fuser::Filesystem for Strata {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Every directory read is a readdirplus, not only the first of a
+        // directory (READDIRPLUS_AUTO): with AUTO, a `find` or `ls -l` of a
+        // directory larger than one getdents buffer (about 200 entries)
+        // pays a LOOKUP round trip for every entry past the first batch.
         let wanted = InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_DO_READDIRPLUS;
         if let Err(unsupported) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {unsupported:?}");
         }

@@ -104,12 +104,18 @@ impl LayerStack {
     pub fn lookup(&self, parent: &NodeState, name: &OsStr) -> io::Result<Option<NodeState>> {
         // Where to look, layer by layer: `name` in each of the parent's
         // origins, until a redirect says where the layers below keep it.
+        // One allocation of the path, shared by the node and every origin
+        // that has it (all of them, unless a redirect moved one).
+        let path = parent.path.join(name);
         let mut candidates: Vec<Origin> = parent
             .origins
             .iter()
             .map(|o| Origin {
                 layer: o.layer,
-                path: o.path.join(name),
+                path: match o.path == parent.path {
+                    true => path.clone(),
+                    false => o.path.join(name),
+                },
             })
             .collect();
         let mut found: Option<NodeState> = None;
@@ -129,7 +135,7 @@ impl LayerStack {
                 // A non-directory ends the search; below a directory it is ignored.
                 if found.is_none() {
                     let mut state = NodeState {
-                        path: parent.path.join(name),
+                        path: path.clone(),
                         origins: vec![here.clone()],
                         stat,
                         nlink_bias: 0,
@@ -147,7 +153,7 @@ impl LayerStack {
             }
             let marks = layer.dir_marks(&here.path)?;
             let dir_state = found.get_or_insert_with(|| NodeState {
-                path: parent.path.join(name),
+                path: path.clone(),
                 origins: Vec::new(),
                 stat,
                 nlink_bias: 0,

@@ -21,8 +21,10 @@ use crate::refresh::Refresher;
 use crate::stat_override::Format;
 use crate::sys;
 
-/// Entries the dentry cache keeps at most.
-const DCACHE_ENTRIES: usize = 256 * 1024;
+/// Entries the dentry cache keeps at most (about 120 bytes each). The
+/// kernel's own dentry cache answers repeated lookups; this one saves the
+/// layer probes when the kernel asks again, and strata's own lookups.
+const DCACHE_ENTRIES: usize = 64 * 1024;
 
 /// Worker threads reading /dev/fuse (each with its own cloned fd).
 fn worker_threads(config: &Config) -> usize {

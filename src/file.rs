@@ -7,12 +7,12 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use fuser::{BackingId, Errno, FileType, INodeNo, TimeOrNow};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::copy_up::UPPER;
 use crate::fs::{Strata, errno};
@@ -470,9 +470,10 @@ pub struct OpenDir {
     /// The directory's own inode and its parent's, for `.` and `..`.
     pub ino: u64,
     pub parent_ino: u64,
-    /// Listed at the first read, not at opendir (as the kernel does): where
-    /// the kernel keeps the listing (FOPEN_CACHE_DIR), no read may come.
-    pub entries: OnceLock<Arc<[MergedEntry]>>,
+    /// Listed at the first read and again at a rewind, not at opendir (as
+    /// the kernel does): where the kernel keeps the listing
+    /// (FOPEN_CACHE_DIR), no read may come.
+    pub entries: Mutex<Option<Arc<[MergedEntry]>>>,
 }
 
 /// Handles of one kind, numbered from 1.

@@ -236,9 +236,13 @@ impl Strata {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EROFS))
     }
 
-    /// The entries of open directory `dir`, listed now if not yet.
-    fn dir_entries(&self, dir: &OpenDir) -> io::Result<Arc<[MergedEntry]>> {
-        if let Some(entries) = dir.entries.get() {
+    /// The entries of open directory `dir` for a read from `offset`:
+    /// listed at the first read and at a rewind (offset 0), so that, as in
+    /// kernel overlayfs, a reader that starts over sees the directory as
+    /// it is now, and one that goes on never sees an entry twice.
+    fn dir_entries(&self, dir: &OpenDir, offset: u64) -> io::Result<Arc<[MergedEntry]>> {
+        let mut listed = dir.entries.lock();
+        if let Some(entries) = listed.as_ref().filter(|_| offset != 0) {
             return Ok(entries.clone());
         }
         if dir.node.is_gone() {
@@ -247,8 +251,9 @@ impl Strata {
         let state = self.dir_state(&dir.node);
         let mut entries = merged_listing(&self.stack, &self.inos, &state)?;
         self.show_stand_ins(&state, &mut entries);
-        // Reads of one handle come one at a time; if not, the first wins.
-        Ok(dir.entries.get_or_init(|| entries.into()).clone())
+        let entries: Arc<[MergedEntry]> = entries.into();
+        *listed = Some(entries.clone());
+        Ok(entries)
     }
 
     /// Runs a request that resolves paths in the layers (see
@@ -457,7 +462,7 @@ impl fuser::Filesystem for Strata {
                     ino: node.ino,
                     parent_ino: node.parent(),
                     node,
-                    entries: OnceLock::new(),
+                    entries: parking_lot::Mutex::new(None),
                 })
             });
             match result {
@@ -491,7 +496,7 @@ impl fuser::Filesystem for Strata {
             let Some(dir) = self.dirs.get(fh.0) else {
                 return reply.error(Errno::EBADF);
             };
-            let entries = match self.dir_entries(&dir) {
+            let entries = match self.dir_entries(&dir, offset) {
                 Ok(entries) => entries,
                 Err(e) => return reply.error(errno(e)),
             };
@@ -527,7 +532,7 @@ impl fuser::Filesystem for Strata {
             let Some(dir) = self.dirs.get(fh.0) else {
                 return reply.error(Errno::EBADF);
             };
-            let entries = match self.dir_entries(&dir) {
+            let entries = match self.dir_entries(&dir, offset) {
                 Ok(entries) => entries,
                 Err(e) => return reply.error(errno(e)),
             };

@@ -1984,3 +1984,55 @@ fn metacopy_files_in_a_lower_layer() {
         &equivalence_problems("kernel", &views[0], "strata", &views[1]),
     );
 }
+
+/// What one open directory handle lists while the directory changes: the
+/// entries at its first read (changes made after opendir included), and
+/// after a rewind (`lseek` to 0) the directory as it is then. Kernel
+/// overlayfs lists a merged directory at the first read and again at a
+/// rewind after a change; strata must show the same.
+#[test]
+fn listing_of_an_open_directory_while_it_changes() {
+    let fx = prepare_fixture();
+    let names = |list: Vec<RawDirent>| -> BTreeSet<String> {
+        list.into_iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .collect()
+    };
+    let run = |root: &Path| -> Vec<BTreeSet<String>> {
+        let dir = root.join("merged");
+        let mut handle = RawDir::open(&dir).unwrap();
+        std::fs::write(dir.join("after-open"), b"x").unwrap();
+        std::fs::remove_file(dir.join("b.txt")).unwrap();
+        let first = names(handle.read_rest(32 << 10).unwrap());
+        std::fs::write(dir.join("after-first-read"), b"x").unwrap();
+        std::fs::remove_file(dir.join("c.txt")).unwrap();
+        let unchanged = names(handle.read_rest(32 << 10).unwrap());
+        handle.seek(0).unwrap();
+        let rewound = names(handle.read_rest(32 << 10).unwrap());
+        vec![first, unchanged, rewound]
+    };
+    let kernel_spec = DEFAULT
+        .kernel_options
+        .iter()
+        .fold(MountSpec::fixture(fx.path(), Form::Kernel), |spec, o| {
+            spec.with_option(o)
+        });
+    let kernel_upper = UpperWork::new();
+    let kernel = KernelOverlay::mount(&kernel_spec.with_upper(&kernel_upper));
+    let want = run(kernel.path());
+    assert!(
+        want[0].contains("after-open") && !want[0].contains("b.txt"),
+        "{want:?}"
+    );
+    for form in DEFAULT.forms {
+        let upper = UpperWork::new();
+        let strata = StrataMount::mount(&MountSpec::fixture(fx.path(), *form).with_upper(&upper));
+        let got = run(strata.path());
+        assert_eq!(
+            got,
+            want,
+            "strata({}): first read, read at the end, after a rewind",
+            form.dir_name()
+        );
+    }
+}

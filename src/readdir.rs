@@ -1,16 +1,20 @@
 //! Merged directory listings.
 //!
-//! A listing is computed once per `opendir` from every layer merged into the
-//! directory (one `getdents` pass per layer, no per-entry `open`), and kept in
-//! the directory handle. Offsets are indices into that snapshot, so a reader
-//! paging through a large directory never sees an entry vanish or repeat.
+//! A listing is computed at a handle's first read, and again at a rewind,
+//! from every layer merged into the directory (one `getdents` pass per
+//! layer, no per-entry `open`), and kept in the directory handle. Offsets are
+//! indices into that snapshot, so a reader paging through a large directory
+//! never sees an entry vanish or repeat.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
+use std::sync::Arc;
 
 use fuser::FileType;
 
+use crate::file::OpenDir;
+use crate::fs::Strata;
 use crate::inode::{InoMap, NodeState};
 use crate::layer::is_absent;
 use crate::lookup::LayerStack;
@@ -69,4 +73,26 @@ pub fn merged_listing(
         taken.extend(listing.whiteouts);
     }
     Ok(out)
+}
+
+impl Strata {
+    /// The entries of open directory `dir` for a read from `offset`:
+    /// listed at the first read and at a rewind (offset 0), so that, as in
+    /// kernel overlayfs, a reader that starts over sees the directory as
+    /// it is now, and one that goes on never sees an entry twice.
+    pub(crate) fn dir_entries(&self, dir: &OpenDir, offset: u64) -> io::Result<Arc<[MergedEntry]>> {
+        let mut listed = dir.entries.lock();
+        if let Some(entries) = listed.as_ref().filter(|_| offset != 0) {
+            return Ok(entries.clone());
+        }
+        if dir.node.is_gone() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT)); // as getdents says
+        }
+        let state = self.dir_state(&dir.node);
+        let mut entries = merged_listing(&self.stack, &self.inos, &state)?;
+        self.show_stand_ins(&state, &mut entries);
+        let entries: Arc<[MergedEntry]> = entries.into();
+        *listed = Some(entries.clone());
+        Ok(entries)
+    }
 }

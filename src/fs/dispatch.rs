@@ -22,10 +22,22 @@ use super::{Strata, errno};
 use crate::dir::{Creator, NewObject};
 use crate::file::{AttrChange, Handle, OpenDir, OpenFile};
 use crate::inode::{Node, ROOT_INO};
+use crate::readdir::MergedEntry;
 use crate::sys;
 use crate::xattr;
 
 impl Strata {
+    /// Open directory `fh` and its entries for a read from `offset`.
+    fn listing_at(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<(Arc<OpenDir>, Arc<[MergedEntry]>), Errno> {
+        let dir = self.dirs.get(fh.0).ok_or(Errno::EBADF)?;
+        let entries = self.dir_entries(&dir, offset).map_err(errno)?;
+        Ok((dir, entries))
+    }
+
     /// Runs a request that resolves paths in the layers (see
     /// [`crate::namespace`]): it sees directory renames whole.
     fn on_paths(&self, handler: impl FnOnce()) {
@@ -263,12 +275,9 @@ impl fuser::Filesystem for Strata {
         mut reply: ReplyDirectory,
     ) {
         self.on_paths(|| {
-            let Some(dir) = self.dirs.get(fh.0) else {
-                return reply.error(Errno::EBADF);
-            };
-            let entries = match self.dir_entries(&dir, offset) {
-                Ok(entries) => entries,
-                Err(e) => return reply.error(errno(e)),
+            let (dir, entries) = match self.listing_at(fh, offset) {
+                Ok(listed) => listed,
+                Err(e) => return reply.error(e),
             };
             // Offsets: 0 = start, 1 = after ".", 2 = after "..", n = after entry n-3.
             let dots = [
@@ -299,12 +308,9 @@ impl fuser::Filesystem for Strata {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.on_paths(|| {
-            let Some(dir) = self.dirs.get(fh.0) else {
-                return reply.error(Errno::EBADF);
-            };
-            let entries = match self.dir_entries(&dir, offset) {
-                Ok(entries) => entries,
-                Err(e) => return reply.error(errno(e)),
+            let (dir, entries) = match self.listing_at(fh, offset) {
+                Ok(listed) => listed,
+                Err(e) => return reply.error(e),
             };
             let dot_attr = |ino: u64| self.node(INodeNo(ino)).map(|n| self.attr(&n)).ok();
             for i in offset as usize..entries.len() + 2 {

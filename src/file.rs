@@ -466,9 +466,9 @@ impl Strata {
 
 #[derive(Debug)]
 pub struct OpenDir {
+    /// The directory (its inode number is `.`'s).
     pub node: Arc<Node>,
-    /// The directory's own inode and its parent's, for `.` and `..`.
-    pub ino: u64,
+    /// Its parent's inode number when opened, for `..`.
     pub parent_ino: u64,
     /// Listed at the first read and again at a rewind, not at opendir (as
     /// the kernel does): where the kernel keeps the listing

@@ -241,7 +241,6 @@ impl fuser::Filesystem for Strata {
                     return Err(Errno::ENOTDIR);
                 }
                 Ok(OpenDir {
-                    ino: node.ino,
                     parent_ino: node.parent(),
                     node,
                     entries: parking_lot::Mutex::new(None),
@@ -281,7 +280,7 @@ impl fuser::Filesystem for Strata {
             };
             // Offsets: 0 = start, 1 = after ".", 2 = after "..", n = after entry n-3.
             let dots = [
-                (dir.ino, FileType::Directory, OsStr::new(".")),
+                (dir.node.ino, FileType::Directory, OsStr::new(".")),
                 (dir.parent_ino, FileType::Directory, OsStr::new("..")),
             ];
             let all = dots
@@ -318,7 +317,7 @@ impl fuser::Filesystem for Strata {
                 let full = match i {
                     0 | 1 => {
                         let (ino, name) = if i == 0 {
-                            (dir.ino, ".")
+                            (dir.node.ino, ".")
                         } else {
                             (dir.parent_ino, "..")
                         };
@@ -327,7 +326,7 @@ impl fuser::Filesystem for Strata {
                     }
                     _ => {
                         let entry = &entries[i - 2];
-                        match self.lookup_node(INodeNo(dir.ino), &entry.name) {
+                        match self.lookup_node(INodeNo(dir.node.ino), &entry.name) {
                             Ok(Some(node)) => {
                                 let attr = self.attr(&node);
                                 let full = reply.add(

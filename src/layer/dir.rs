@@ -273,7 +273,7 @@ impl Layer for DirLayer {
         // A lower directory: what a readdir lists, later lookups need.
         let entry = self.probe_dir(dir)?;
         let listing = self.list_dir(&entry.fd)?;
-        if entry.names().is_none() {
+        if !entry.listed() {
             cache.set_names(dir, &entry, DirNames::of(&listing));
         }
         Ok(listing)

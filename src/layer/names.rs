@@ -144,10 +144,15 @@ impl CachedDir {
         self.names.get().and_then(Option::as_ref)
     }
 
+    /// Whether it was decided what the names are (they may be too many to keep).
+    pub fn listed(&self) -> bool {
+        self.names.get().is_some()
+    }
+
     /// Counts a probe; true when it is time to list the directory for
     /// its names (asked once at most).
     pub fn wants_listing(&self) -> bool {
-        self.names.get().is_none() && self.probes.fetch_add(1, Relaxed) == LIST_FOR_PROBES_AFTER
+        !self.listed() && self.probes.fetch_add(1, Relaxed) == LIST_FOR_PROBES_AFTER
     }
 }
 

@@ -102,11 +102,11 @@ impl LayerStack {
     /// Resolves `name` inside the directory described by `parent`. `Ok(None)`
     /// means the name does not exist in the merged view.
     pub fn lookup(&self, parent: &NodeState, name: &OsStr) -> io::Result<Option<NodeState>> {
-        // Where to look, layer by layer: `name` in each of the parent's
-        // origins, until a redirect says where the layers below keep it.
         // One allocation of the path, shared by the node and every origin
         // that has it (all of them, unless a redirect moved one).
         let path = parent.path.join(name);
+        // Where to look, layer by layer: `name` in each of the parent's
+        // origins, until a redirect says where the layers below keep it.
         let mut candidates: Vec<Origin> = parent
             .origins
             .iter()
